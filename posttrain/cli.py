@@ -1,0 +1,75 @@
+"""``posttrain`` command line: ``posttrain run RECIPE [key=value ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from .recipe import RecipeError, load_recipe
+
+log = logging.getLogger("posttrain")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="posttrain", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a recipe")
+    run.add_argument("recipe", help="path to a recipe YAML")
+    run.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.steps=5 trainer.lr=1e-5")
+    check = sub.add_parser("check", help="validate a recipe without running it")
+    check.add_argument("recipe")
+    check.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+    except RecipeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print(f"{args.recipe}: ok")
+        return 0
+    return run_recipe(recipe)
+
+
+def run_recipe(recipe) -> int:
+    import ray
+
+    from specialists.loop import train_specialist
+
+    from .models import resolve_model
+    from .rundir import RunDir
+
+    started = time.perf_counter()
+    run = RunDir(recipe.run.output_dir, recipe.run.name)
+    run.save_recipe(recipe)
+    model_path = resolve_model(recipe.model.path)
+    # Local embedded cluster by default; RAY_ADDRESS (or `ray job submit`) points at a real one.
+    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    try:
+        results = train_specialist(recipe, model_path, run)
+    finally:
+        run.close()
+    _print_summary(results, run, time.perf_counter() - started)
+    return 0
+
+
+def _print_summary(results: dict, run, seconds: float) -> None:
+    print(f"\nrun directory: {run.path}   wall time: {seconds / 60:.1f} min")
+    for tag in ("before", "after"):
+        for suite, report in results.get(tag, {}).items():
+            extra = " ".join(f"{k} {v:.3f}" for k, v in report.items() if k.startswith("pass@"))
+            print(f"  held-out {tag:6s} {suite}: accuracy {report['accuracy']:.3f} {extra}")
+    metrics = run.read_metrics()
+    if metrics:
+        first, last = metrics[: max(1, len(metrics) // 4)], metrics[-max(1, len(metrics) // 4) :]
+        mean = lambda rows: sum(r["reward/mean"] for r in rows) / len(rows)  # noqa: E731
+        print(f"  train reward: first quarter {mean(first):.3f} -> last quarter {mean(last):.3f}")
+    print(f"  checkpoint: {results.get('checkpoint')}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""PolicyTrainer: the torch side of RL and distillation, meant to live in a Ray actor.
+
+It holds the trainable model (full fine-tuning, or LoRA through peft), computes
+per-token log-probs of completions, applies a loss-driven update with gradient
+accumulation, and hands out engine-ready weights for the push into vLLM.
+
+Log-probs are computed only where they are needed: the decoder runs over the
+whole sequence, but the output head only over completion positions, so the
+``[tokens, vocab]`` logits never include the prompt.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class Sequences:
+    """Token-id sequences split into prompt and completion (what the engine returned)."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def select(self, indices: list[int]) -> Sequences:
+        return Sequences([self.prompt_ids[i] for i in indices], [self.completion_ids[i] for i in indices])
+
+
+def peak_memory_gib() -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, peak RSS on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+class PolicyTrainer:
+    def __init__(self, model_path: str, trainer_cfg, seed: int = 0, threads: int | None = None):
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(seed)
+        torch.set_num_threads(threads or os.cpu_count() or 1)  # Ray pins actors to 1 thread otherwise
+        self.cfg = trainer_cfg
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
+        self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        self.pad_id = model.config.pad_token_id or 0
+        self._ref_model = None  # built on first use, full fine-tuning only
+        self.model_path = model_path
+        if trainer_cfg.lora is not None:
+            model = self._wrap_lora(model, trainer_cfg.lora)
+        self.model = model
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=trainer_cfg.lr, weight_decay=trainer_cfg.weight_decay, betas=tuple(trainer_cfg.betas)
+        )
+        self.steps = 0
+
+    @staticmethod
+    def _wrap_lora(model, lora_cfg):
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=lora_cfg.r,
+            lora_alpha=lora_cfg.alpha,
+            lora_dropout=lora_cfg.dropout,
+            target_modules=lora_cfg.target_modules,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
+
+    # ---- log-probs -------------------------------------------------------
+
+    def _autocast(self):
+        enabled = self.cfg.autocast == "bfloat16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _causal_lm(self, model=None):
+        model = model or self.model
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def token_logprobs(self, seqs: Sequences, model=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-prob of each completion token under ``model``: ``(logprobs_B_T, mask_B_T)``."""
+        causal_lm = self._causal_lm(model)
+        input_ids_B_L, attention_B_L, positions_B_T, targets_B_T, mask_B_T = self._pack(seqs)
+        with self._autocast():
+            hidden_B_L_H = causal_lm.get_decoder()(
+                input_ids=input_ids_B_L, attention_mask=attention_B_L
+            ).last_hidden_state
+            hidden_B_T_H = torch.gather(
+                hidden_B_L_H, 1, positions_B_T.unsqueeze(-1).expand(-1, -1, hidden_B_L_H.shape[-1])
+            )
+            logits_B_T_V = causal_lm.get_output_embeddings()(hidden_B_T_H)
+        logits_B_T_V = logits_B_T_V.float()
+        target_logits_B_T = logits_B_T_V.gather(-1, targets_B_T.unsqueeze(-1)).squeeze(-1)
+        logprobs_B_T = target_logits_B_T - torch.logsumexp(logits_B_T_V, dim=-1)
+        return logprobs_B_T * mask_B_T, mask_B_T
+
+    def _pack(self, seqs: Sequences):
+        """Right-pad prompt+completion; index the positions whose next token is a completion token."""
+        lengths = [len(p) + len(c) for p, c in zip(seqs.prompt_ids, seqs.completion_ids)]
+        max_len, max_completion = max(lengths), max(max(len(c) for c in seqs.completion_ids), 1)
+        batch = len(seqs)
+        input_ids = torch.full((batch, max_len), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((batch, max_len), dtype=torch.long)
+        positions = torch.zeros((batch, max_completion), dtype=torch.long)
+        targets = torch.zeros((batch, max_completion), dtype=torch.long)
+        mask = torch.zeros((batch, max_completion), dtype=torch.float32)
+        for row, (prompt, completion) in enumerate(zip(seqs.prompt_ids, seqs.completion_ids)):
+            tokens = prompt + completion
+            input_ids[row, : len(tokens)] = torch.tensor(tokens)
+            attention[row, : len(tokens)] = 1
+            count = len(completion)
+            positions[row, :count] = torch.arange(len(prompt) - 1, len(prompt) - 1 + count)
+            targets[row, :count] = torch.tensor(completion, dtype=torch.long)
+            mask[row, :count] = 1.0
+        to = lambda t: t.to(self.device)  # noqa: E731
+        return to(input_ids), to(attention), to(positions), to(targets), to(mask)
+
+    @torch.no_grad()
+    def logprobs(self, seqs: Sequences, reference: bool = False) -> list[list[float]]:
+        """No-grad log-probs per completion token (old-policy or reference)."""
+        out = []
+        for chunk in _chunks(range(len(seqs)), self.cfg.micro_batch_size):
+            sub = seqs.select(list(chunk))
+            if reference:
+                logprobs_B_T, _ = self._reference_logprobs(sub)
+            else:
+                logprobs_B_T, _ = self.token_logprobs(sub)
+            out += [row[: len(c)].tolist() for row, c in zip(logprobs_B_T, sub.completion_ids)]
+        return out
+
+    def _reference_logprobs(self, seqs: Sequences):
+        if hasattr(self.model, "disable_adapter"):  # LoRA: the base is the reference
+            with self.model.disable_adapter():
+                return self.token_logprobs(seqs)
+        if self._ref_model is None:
+            from transformers import AutoModelForCausalLM
+
+            self._ref_model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+            self._ref_model.to(self.device).requires_grad_(False).eval()
+        return self.token_logprobs(seqs, model=self._ref_model)
+
+    # ---- update ----------------------------------------------------------
+
+    def update(self, seqs: Sequences, loss_fn: Callable, extras: dict[str, list]) -> dict[str, float]:
+        """One optimizer step over ``seqs`` with gradient accumulation.
+
+        ``loss_fn(logprobs_B_T, mask_B_T, extras_for_microbatch) -> (loss, metrics)``
+        must already be normalised for the whole batch (see ``grpo.LossNormalizer``).
+        ``extras`` holds per-sequence inputs (advantages, old log-probs, ...).
+        """
+        start = time.perf_counter()
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {"loss": 0.0}
+        for chunk in _chunks(range(len(seqs)), self.cfg.micro_batch_size):
+            indices = list(chunk)
+            logprobs_B_T, mask_B_T = self.token_logprobs(seqs.select(indices))
+            micro_extras = {key: [values[i] for i in indices] for key, values in extras.items()}
+            loss, metrics = loss_fn(logprobs_B_T, mask_B_T, micro_extras)
+            loss.backward()
+            totals["loss"] += float(loss.detach())
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm))
+        self.optimizer.step()
+        self.steps += 1
+        totals["update_seconds"] = time.perf_counter() - start
+        return totals
+
+    # ---- weights out -----------------------------------------------------
+
+    @torch.no_grad()
+    def engine_weights(self, dtype: str = "bfloat16") -> dict[str, torch.Tensor]:
+        """HF-named full weights for the engine; LoRA deltas merged in (the model is not mutated)."""
+        target = getattr(torch, dtype)
+        causal_lm = self._causal_lm()
+        weights = {}
+        deltas = _lora_deltas(self.model)
+        for name, param in causal_lm.named_parameters():
+            if "lora_" in name:
+                continue
+            clean = name.replace(".base_layer.", ".")
+            if self.tied and clean == "lm_head.weight":
+                continue  # tied to the embeddings; the engine shares them too
+            module_name = clean.rsplit(".", 1)[0]
+            value = param + deltas[module_name] if module_name in deltas and clean.endswith("weight") else param
+            weights[clean] = value.detach().to("cpu", target).contiguous()
+        return weights
+
+    def save(self, directory: str, tokenizer_from: str | None = None) -> str:
+        """Save the model (safetensors, or the peft adapter) and optimizer state."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        torch.save({"optimizer": self.optimizer.state_dict(), "steps": self.steps}, path / "trainer_state.pt")
+        if tokenizer_from:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(path)
+        return str(path)
+
+    def peak_memory_gib(self) -> float:
+        return peak_memory_gib()
+
+
+def _lora_deltas(model) -> dict[str, torch.Tensor]:
+    """``{module name (HF naming): B @ A * scale}`` for every LoRA layer of a peft model."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return {}
+    deltas = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            clean = name.removeprefix("base_model.model.")
+            deltas[clean] = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters)
+    return deltas
+
+
+def _chunks(items, size: int):
+    items = list(items)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def trainer_actor(model_path: str, trainer_cfg, seed: int = 0):
+    """Start a ``PolicyTrainer`` as a Ray actor with the resources the recipe asks for."""
+    import ray
+
+    threads = int(trainer_cfg.num_cpus) if trainer_cfg.num_gpus else os.cpu_count()
+    actor_cls = ray.remote(PolicyTrainer).options(
+        num_cpus=trainer_cfg.num_cpus,
+        num_gpus=trainer_cfg.num_gpus,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
+    )
+    return actor_cls.remote(model_path, trainer_cfg, seed, threads)

@@ -1,0 +1,235 @@
+"""Recipe schema: what a YAML recipe may say, typed, with errors that name the field.
+
+``load_recipe(path, overrides)`` reads YAML, applies dotted ``key=value``
+overrides, validates everything (including things pydantic cannot see: files,
+reward names, model paths), and returns a ``Recipe``. Nothing is built or
+started here; a bad recipe fails before any work does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message lists every problem with its field path."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+
+
+class ModelConfig(Strict):
+    path: str = Field("smollm2-135m-instruct", description="built-in name, local directory, or hub id")
+    max_model_len: int = Field(1024, gt=0)
+    engine_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class EngineSettings(Strict):
+    kv_cache_gib: float = Field(1.0, gt=0, description="CPU only: KV cache memory")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU only")
+    tensor_parallel_size: int = Field(1, ge=1)
+    num_cpus: float = 1
+    num_gpus: float = 0
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = 32
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TrainerConfig(Strict):
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    max_grad_norm: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(16, gt=0, description="sequences per forward/backward")
+    autocast: Literal["bfloat16", "none"] = "bfloat16"
+    lora: LoraConfig | None = None
+    num_cpus: float = 1
+    num_gpus: float = 0
+
+
+class Gsm8kSource(Strict):
+    kind: Literal["gsm8k"]
+    weight: float = Field(1.0, gt=0)
+    path: str = Field("../shared/data/gsm8k/train.jsonl", description="jsonl file or hub id (openai/gsm8k)")
+
+    @field_validator("path")
+    @classmethod
+    def _exists_or_hub_id(cls, path: str) -> str:
+        looks_local = path.startswith((".", "/", "~")) or path.endswith((".jsonl", ".json"))
+        if looks_local and not Path(path).expanduser().exists():
+            raise ValueError(f"file {path!r} does not exist (relative paths are from the working directory)")
+        return path
+
+
+class ArithmeticSource(Strict):
+    kind: Literal["arithmetic"]
+    weight: float = Field(1.0, gt=0)
+    count: int = Field(20000, gt=0)
+    max_operand: int = Field(20, gt=0)
+    ops: str = Field("+-", pattern=r"^[+\-*]+$")
+    terms: int = Field(2, ge=2)
+
+
+Source = Annotated[Gsm8kSource | ArithmeticSource, Field(discriminator="kind")]
+
+
+class RewardSpec(Strict):
+    name: str = Field(description="registered name, 'module:function', or an entry point")
+    weight: float = 1.0
+
+
+class TaskConfig(Strict):
+    domain: Literal["math"] = "math"
+    sources: list[Source] = Field(min_length=1)
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="math_verify")], min_length=1)
+    instruction: str = "Give the final answer as a number at the end."
+
+
+class GrpoConfig(Strict):
+    steps: int = Field(20, ge=0)
+    prompts_per_step: int = Field(8, gt=0)
+    samples_per_prompt: int = Field(8, ge=2, description="group size G; advantages need >= 2")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(128, gt=0, description="completion tokens per sample")
+    advantage: Literal["grpo", "dr_grpo"] = "grpo"
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.2, ge=0, description="DAPO clip-higher: set above clip_low, e.g. 0.28")
+    kl_coef: float = Field(0.0, ge=0, description="k3 KL to the reference model; 0 disables it")
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    minibatches: int = Field(1, ge=1, description="optimizer steps per batch (>1 recomputes old log-probs)")
+    truncation_warn: float = Field(0.2, ge=0, le=1)
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only the final one")
+    log_samples: int = Field(4, ge=0, description="completions saved to samples.jsonl per step")
+
+
+class EvalConfig(Strict):
+    before: bool = True
+    after: bool = True
+    sources: list[Source] | None = Field(None, description="held-out suites; default: the task's sources")
+    num_problems: int = Field(100, gt=0, description="per source")
+    pass_k: int = Field(4, ge=1, description="samples per problem for pass@k (1 disables)")
+    temperature: float = Field(1.0, gt=0, description="for the pass@k samples; accuracy is greedy")
+    max_tokens: int | None = Field(None, gt=0, description="default: grpo.max_tokens")
+
+
+class Recipe(Strict):
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    task: TaskConfig
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _fits_context(self) -> Recipe:
+        if self.grpo.max_tokens >= self.model.max_model_len:
+            raise ValueError(
+                f"grpo.max_tokens ({self.grpo.max_tokens}) leaves no room for the prompt in "
+                f"model.max_model_len ({self.model.max_model_len})"
+            )
+        if self.grpo.prompts_per_step * self.grpo.samples_per_prompt % self.grpo.minibatches:
+            raise ValueError("grpo.minibatches must divide prompts_per_step * samples_per_prompt")
+        return self
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (``task.sources.0.weight=2`` indexes lists).
+
+    Values parse as YAML: ``3``, ``true``, ``[1, 2]``, ``{name: x}``.
+    """
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise RecipeError(f"override {override!r}: expected key.path=value")
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = _child(node, part, override)
+        if isinstance(node, list):
+            node[_index(node, leaf, override)] = yaml.safe_load(raw)
+        else:
+            node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def _child(node, part: str, override: str):
+    if isinstance(node, list):
+        return node[_index(node, part, override)]
+    if not isinstance(node, dict):
+        raise RecipeError(f"override {override!r}: {part!r} is inside a value, not a section")
+    if node.get(part) is None:
+        node[part] = {}
+    return node[part]
+
+
+def _index(node: list, part: str, override: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise RecipeError(f"override {override!r}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: the top level must be a mapping of sections")
+    return validate_recipe(apply_overrides(data, list(overrides)), origin=str(path))
+
+
+def validate_recipe(data: dict, origin: str = "recipe") -> Recipe:
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as error:
+        raise RecipeError(_format_errors(origin, error)) from None
+    problems = _check_resolvable(recipe)
+    if problems:
+        raise RecipeError(f"{origin}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
+    return recipe
+
+
+def _format_errors(origin: str, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        got = "" if item["type"] == "missing" else f" (got {item.get('input')!r})"
+        lines.append(f"  {where}: {item['msg']}{got}")
+    return f"{origin}: {len(lines)} problem(s)\n" + "\n".join(lines)
+
+
+def _check_resolvable(recipe: Recipe) -> list[str]:
+    """What the schema cannot see: models on disk, reward names."""
+    from rewards import RewardNotFound, resolve_reward
+
+    from .models import check_model_spec
+
+    problems = []
+    if message := check_model_spec(recipe.model.path):
+        problems.append(f"model.path: {message}")
+    for index, spec in enumerate(recipe.task.rewards):
+        try:
+            resolve_reward(spec.name)
+        except RewardNotFound as error:
+            problems.append(f"task.rewards.{index}.name: {error}")
+    return problems

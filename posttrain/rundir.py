@@ -1,0 +1,70 @@
+"""The run directory: resolved recipe, metrics (TensorBoard + JSONL), samples, checkpoints.
+
+Layout::
+
+    runs/<name>/
+      recipe.yaml          the resolved recipe (after overrides), as run
+      metrics.jsonl        one JSON object per logged step
+      tb/                  TensorBoard event files
+      samples.jsonl        sampled completions with their rewards
+      eval/<tag>.json      held-out eval results
+      checkpoints/step_N/  safetensors (or the peft adapter) + trainer state
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+
+class RunDir:
+    def __init__(self, root: str | Path, name: str):
+        self.path = Path(root) / name
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._tb = None
+
+    def save_recipe(self, recipe) -> Path:
+        target = self.path / "recipe.yaml"
+        target.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        return target
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        with open(self.path / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": step, **clean}) + "\n")
+        writer = self._writer()
+        for key, value in clean.items():
+            writer.add_scalar(key, value, step)
+        writer.flush()
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        with open(self.path / "samples.jsonl", "a") as handle:
+            for row in rows:
+                handle.write(json.dumps({"step": step, **row}) + "\n")
+
+    def save_eval(self, tag: str, result: dict) -> Path:
+        target = self.path / "eval" / f"{tag}.json"
+        target.parent.mkdir(exist_ok=True)
+        target.write_text(json.dumps(result, indent=2))
+        return target
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.path / "checkpoints" / f"step_{step}"
+
+    def read_metrics(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def _writer(self):
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.path / "tb"))
+        return self._tb
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
