@@ -48,7 +48,8 @@ def run_recipe(recipe) -> int:
     run.save_recipe(recipe)
     model_path = resolve_model(recipe.model.path)
     # Local embedded cluster by default; RAY_ADDRESS (or `ray job submit`) points at a real one.
-    ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"))
     try:
         results = train_specialist(recipe, model_path, run)
     finally:

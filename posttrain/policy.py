@@ -128,14 +128,12 @@ class PolicyTrainer:
     @torch.no_grad()
     def logprobs(self, seqs: Sequences, reference: bool = False) -> list[list[float]]:
         """No-grad log-probs per completion token (old-policy or reference)."""
-        out = []
-        for chunk in _chunks(range(len(seqs)), self.cfg.micro_batch_size):
-            sub = seqs.select(list(chunk))
-            if reference:
-                logprobs_B_T, _ = self._reference_logprobs(sub)
-            else:
-                logprobs_B_T, _ = self.token_logprobs(sub)
-            out += [row[: len(c)].tolist() for row, c in zip(logprobs_B_T, sub.completion_ids)]
+        out: list[list[float]] = [[] for _ in range(len(seqs))]
+        for indices in _length_sorted_chunks(seqs, self.cfg.micro_batch_size):
+            sub = seqs.select(indices)
+            logprobs_B_T, _ = self._reference_logprobs(sub) if reference else self.token_logprobs(sub)
+            for index, row, completion in zip(indices, logprobs_B_T, sub.completion_ids):
+                out[index] = row[: len(completion)].tolist()
         return out
 
     def _reference_logprobs(self, seqs: Sequences):
@@ -162,8 +160,7 @@ class PolicyTrainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {"loss": 0.0}
-        for chunk in _chunks(range(len(seqs)), self.cfg.micro_batch_size):
-            indices = list(chunk)
+        for indices in _length_sorted_chunks(seqs, self.cfg.micro_batch_size):
             logprobs_B_T, mask_B_T = self.token_logprobs(seqs.select(indices))
             micro_extras = {key: [values[i] for i in indices] for key, values in extras.items()}
             loss, metrics = loss_fn(logprobs_B_T, mask_B_T, micro_extras)
@@ -228,10 +225,14 @@ def _lora_deltas(model) -> dict[str, torch.Tensor]:
     return deltas
 
 
-def _chunks(items, size: int):
-    items = list(items)
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _length_sorted_chunks(seqs: Sequences, size: int):
+    """Micro-batches of similar total length, so little of each is padding.
+
+    Order does not matter to the result: the loss normaliser is batch-wide.
+    """
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs.prompt_ids[i]) + len(seqs.completion_ids[i]))
+    for start in range(0, len(order), size):
+        yield order[start : start + size]
 
 
 def trainer_actor(model_path: str, trainer_cfg, seed: int = 0):
