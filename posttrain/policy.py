@@ -50,13 +50,20 @@ class PolicyTrainer:
         torch.set_num_threads(threads or os.cpu_count() or 1)  # Ray pins actors to 1 thread otherwise
         self.cfg = trainer_cfg
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
+        # LoRA freezes the base: keep it in the autocast dtype so no forward pays for a
+        # per-op fp32->bf16 weight copy (~10-15% of a CPU step); adapters stay fp32.
+        frozen_bf16 = trainer_cfg.lora is not None and trainer_cfg.autocast == "bfloat16"
+        base_dtype = torch.bfloat16 if frozen_bf16 else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=base_dtype).to(self.device)
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
         self.pad_id = model.config.pad_token_id or 0
         self._ref_model = None  # built on first use, full fine-tuning only
         self.model_path = model_path
         if trainer_cfg.lora is not None:
             model = self._wrap_lora(model, trainer_cfg.lora)
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.data = param.data.float()
         self.model = model
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -191,7 +198,10 @@ class PolicyTrainer:
             if self.tied and clean == "lm_head.weight":
                 continue  # tied to the embeddings; the engine shares them too
             module_name = clean.rsplit(".", 1)[0]
-            value = param + deltas[module_name] if module_name in deltas and clean.endswith("weight") else param
+            if module_name in deltas and clean.endswith("weight"):
+                value = param.float() + deltas[module_name].float()
+            else:
+                value = param
             weights[clean] = value.detach().to("cpu", target).contiguous()
         return weights
 
