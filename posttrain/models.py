@@ -61,7 +61,7 @@ def resolve_model(spec: str) -> str:
     if spec == EMBEDDED_DEFAULT:
         return str(_ensure_built(cache_dir() / "models" / "SmolLM2-135M-Instruct", _convert_smollm2))
     if spec == TINY_RANDOM:
-        return str(_ensure_built(cache_dir() / "models" / "tiny-random-smollm2", _build_tiny_random))
+        return str(_ensure_built(cache_dir() / "models" / "tiny-random-smollm2-h128", _build_tiny_random))
     if looks_like_path(spec):
         return str(Path(spec).expanduser().resolve())
     return spec
@@ -121,11 +121,11 @@ def _build_tiny_random(out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=128,
+        intermediate_size=256,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=2,  # head_dim 64: vLLM's CPU attention supports no smaller
+        num_key_value_heads=1,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,

@@ -43,7 +43,7 @@ def test_posttrain_run_writes_a_complete_run_directory(tmp_path, ray_local, tiny
         suite = next(iter(report.values()))
         assert suite["problems"] == 4 and 0 <= suite["accuracy"] <= 1 and "pass@2" in suite
     for step in (1, 2):
-        assert (run / "checkpoints" / f"step_{step}" / "model.safetensors").exists()
+        assert (run / "checkpoints" / f"step_{step}" / "adapter_model.safetensors").exists()  # quickstart is LoRA
 
 
 def test_malformed_recipe_fails_before_any_work(tmp_path, capsys):
