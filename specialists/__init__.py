@@ -1,0 +1,1 @@
+"""Domain specialists: tasks (prompt sources, rewards, held-out suites) and the GRPO loop."""
