@@ -1,5 +1,7 @@
-"""On-policy distillation from many teachers (issue #6): not built yet.
+"""On-policy distillation from many teachers (issue #6).
 
-It will reuse ``posttrain.policy.PolicyTrainer`` (any picklable loss object) and
+Built so far: ``distill.losses``, the streamed full-vocabulary multi-teacher loss.
+Not yet: the teacher registry, the OPD loop and teacher scheduling; the loop will
+reuse ``posttrain.policy.PolicyTrainer`` (any picklable loss object) and
 ``rollout.engine.RolloutEngine`` exactly as the GRPO loop does.
 """
