@@ -73,6 +73,7 @@ class RolloutEngine:
         if not torch.cuda.is_available():
             for key, value in cpu_engine_env().items():
                 os.environ.setdefault(key, value)
+            _restore_priority()
         from vllm import LLM
 
         self.config = config
@@ -143,6 +144,21 @@ class RolloutEngine:
 
     def ready(self) -> bool:
         return True
+
+
+def _restore_priority() -> None:
+    """Undo Ray's worker niceness (15) for this thread and the threads it starts.
+
+    On CPU the engine's OpenMP threads decode in lock-step; at nice 15 every
+    wake-up of a Ray daemon (raylet, GCS, dashboard) preempts one of them and
+    stalls the whole batch. Lowering niceness needs privileges; without them we
+    keep Ray's setting.
+    """
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) > 0:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _sampled_logprobs(sample) -> list[float]:
