@@ -100,7 +100,7 @@ class ForwardKL(Divergence):
     def accumulate(self, chunk, rows, logp_t_R_V, w_R, ids_R=None):
         p_t_R_V = torch.exp(logp_t_R_V, out=chunk.scratch("p_t", logp_t_R_V.shape[0]))
         kl_R = _dot_into(logp_t_R_V.sub_(chunk.logp_s(rows)), p_t_R_V)
-        chunk.add_value(torch.dot(w_R, kl_R))
+        chunk.add_value(rows, w_R * kl_R)
         chunk.add_probs(rows, w_R)
         chunk.add_dense("direct", rows, p_t_R_V, -w_R)
 
@@ -146,7 +146,7 @@ class GeneralizedJSD(Divergence):
         kl_t_R = _dot_into(logp_t_R_V.sub_(log_m_R_V), p_t_R_V)
         # the student term's gradient, (1 - beta) * J^T r, is the whole dD/dz_s: the teacher
         # term's dependence on p_s through m cancels against part of the student term's
-        chunk.add_value(beta * torch.dot(w_R, kl_t_R))
+        chunk.add_value(rows, beta * w_R * kl_t_R)
         chunk.add_expectation(rows, torch.sub(logp_s_R_V, log_m_R_V, out=log_m_R_V), (1 - beta) * w_R)
 
 
@@ -175,7 +175,7 @@ class SampledToken(Divergence):
     def accumulate(self, chunk, rows, logp_t_R_V, w_R, ids_R=None):
         local_R = torch.arange(rows.start, rows.stop, device=ids_R.device) if isinstance(rows, slice) else rows
         k1_R = chunk.logp_s_C_V[local_R, ids_R] - logp_t_R_V.gather(-1, ids_R.unsqueeze(-1)).squeeze(-1)
-        chunk.add_value(torch.dot(w_R, k1_R))
+        chunk.add_value(rows, w_R * k1_R)
         chunk.add_probs(rows, -w_R * k1_R)
         chunk.add_onehot(local_R, ids_R, w_R * k1_R)
 
@@ -276,7 +276,7 @@ class _StudentChunk:
         self.logp_s_C_V = torch.log_softmax(logits_C_V, -1, out=scratch.get("logp_s", n_rows))
         self.p_s_C_V = torch.exp(self.logp_s_C_V, out=scratch.get("p_s", n_rows))
         self.probs_coef_C = torch.zeros(n_rows, dtype=torch.float32, device=hidden_C_H.device)
-        self.value = torch.zeros((), dtype=torch.float32, device=hidden_C_H.device)
+        self.value_C = torch.zeros(n_rows, dtype=torch.float32, device=hidden_C_H.device)  # per-token loss
         self._dense: dict[str, torch.Tensor] = {}  # "score" and "direct", each [C, V], made on first use
         self._onehots: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -289,8 +289,8 @@ class _StudentChunk:
             return self.logp_s_C_V[rows]
         return torch.index_select(self.logp_s_C_V, 0, rows, out=self.scratch("rows_logp_s", rows.numel()))
 
-    def add_value(self, value: torch.Tensor) -> None:
-        self.value += value
+    def add_value(self, rows: Rows, value_R: torch.Tensor) -> None:
+        self.value_C[rows] += value_R
 
     def add_expectation(self, rows: Rows, g_R_V: torch.Tensor, coef_R: torch.Tensor) -> None:
         self.add_dense("score", rows, g_R_V, coef_R)
@@ -311,23 +311,23 @@ class _StudentChunk:
         self._onehots.append((local_R, ids_R, coef_R))
 
     def finish(self, want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The chunk's loss and (if wanted) d(loss)/d(student logits), in a scratch buffer."""
+        """The chunk's per-token loss ``[C]`` and (if wanted) d(loss)/d(student logits), in scratch."""
         probs_coef_C = self.probs_coef_C
         if "score" in self._dense:
             grad_C_V = self._dense["score"].mul_(self.p_s_C_V)  # p_s * g, in place
             expectation_C = grad_C_V.sum(-1)
-            self.value += expectation_C.sum()
+            self.value_C += expectation_C
             probs_coef_C = probs_coef_C - expectation_C
         else:
             grad_C_V = self.scratch("score", self.n_rows).zero_()
         if not want_grad:
-            return self.value, None
+            return self.value_C, None
         grad_C_V.addcmul_(self.p_s_C_V, probs_coef_C.unsqueeze(1))
         if "direct" in self._dense:
             grad_C_V.add_(self._dense["direct"])
         for local_R, ids_R, coef_R in self._onehots:
             grad_C_V.index_put_((local_R, ids_R), coef_R, accumulate=True)
-        return self.value, grad_C_V
+        return self.value_C, grad_C_V
 
 
 # ---- the streamed loss -------------------------------------------------------------------
@@ -343,6 +343,7 @@ class _Spec:
     temperature: float
     grad_hidden: bool
     grad_head: bool
+    token_losses_T: torch.Tensor | None = None  # filled with each token's share of the loss
 
 
 def _routes(active_T_K: torch.Tensor, start: int, stop: int, device) -> list[tuple[int, Rows]]:
@@ -394,8 +395,10 @@ def _stream(hidden_T_H: torch.Tensor, head_V_H: torch.Tensor, spec: _Spec):
         chunk = _StudentChunk(scratch, hidden_C_H, head_V_H)
         for k, rows in routes:
             _teacher_term(chunk, spec, k, start, rows, vocab)
-        chunk_loss, grad_C_V = chunk.finish(want_grad=spec.grad_hidden or spec.grad_head)
-        loss += chunk_loss
+        chunk_loss_C, grad_C_V = chunk.finish(want_grad=spec.grad_hidden or spec.grad_head)
+        loss += chunk_loss_C.sum()
+        if spec.token_losses_T is not None:
+            spec.token_losses_T[start:stop] = chunk_loss_C
         if grad_C_V is None:
             continue
         grad_C_V = grad_C_V.to(head_V_H.dtype)
@@ -435,6 +438,7 @@ def chunked_distill_loss(
     sampled_ids_T: torch.Tensor | None = None,
     num_tokens: int | None = None,
     temperature: float = 1.0,
+    token_losses_T: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(1/num_tokens) * sum_t sum_k w[t,k] * D(student_t || teacher_k,t), exact over the vocabulary.
 
@@ -444,13 +448,18 @@ def chunked_distill_loss(
     micro-batch losses sum to the full-batch loss. Temperature divides student and
     teacher logits alike. Gradients flow to ``student_hidden_T_H`` and
     ``student_head_V_H`` (whichever require grad), never to teachers or weights.
+    ``token_losses_T``, if given (float32 ``[T]``), receives each token's term of the loss
+    (``sum_k w[t,k] D_k(t) / num_tokens``, no gradient): per-teacher and per-sequence metrics
+    at no extra cost. Tokens no teacher weights get 0.
     """
     div = resolve_divergence(divergence)
     _validate(student_hidden_T_H, student_head_V_H, teachers, weights_T_K, div, sampled_ids_T, chunk_size, temperature)
     w_T_K = weights_T_K.to(student_hidden_T_H.device, torch.float32) / (num_tokens or student_hidden_T_H.shape[0])
     grad_on = torch.is_grad_enabled()
     grads = (grad_on and student_hidden_T_H.requires_grad, grad_on and student_head_V_H.requires_grad)
-    spec = _Spec(list(teachers), w_T_K, div, chunk_size, sampled_ids_T, temperature, *grads)
+    if token_losses_T is not None:
+        token_losses_T.zero_()
+    spec = _Spec(list(teachers), w_T_K, div, chunk_size, sampled_ids_T, temperature, *grads, token_losses_T)
     return _ChunkedDistill.apply(student_hidden_T_H, student_head_V_H, spec)
 
 

@@ -38,8 +38,6 @@ def main(argv: list[str] | None = None) -> int:
 def run_recipe(recipe) -> int:
     import ray
 
-    from specialists.loop import train_specialist
-
     from .models import resolve_model
     from .rundir import RunDir
 
@@ -51,10 +49,20 @@ def run_recipe(recipe) -> int:
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))
     try:
-        results = train_specialist(recipe, model_path, run)
+        if recipe.distill is not None:
+            from distill.opd import distill_student
+
+            results = distill_student(recipe, model_path, run)
+        else:
+            from specialists.loop import train_specialist
+
+            results = train_specialist(recipe, model_path, run)
     finally:
         run.close()
-    _print_summary(results, run, time.perf_counter() - started)
+    if recipe.distill is not None:
+        _print_distill_summary(results, run, time.perf_counter() - started)
+    else:
+        _print_summary(results, run, time.perf_counter() - started)
     return 0
 
 
@@ -69,6 +77,21 @@ def _print_summary(results: dict, run, seconds: float) -> None:
         first, last = metrics[: max(1, len(metrics) // 4)], metrics[-max(1, len(metrics) // 4) :]
         mean = lambda rows: sum(r["reward/mean"] for r in rows) / len(rows)  # noqa: E731
         print(f"  train reward: first quarter {mean(first):.3f} -> last quarter {mean(last):.3f}")
+    print(f"  checkpoint: {results.get('checkpoint')}")
+
+
+def _print_distill_summary(results: dict, run, seconds: float) -> None:
+    print(f"\nrun directory: {run.path}   wall time: {seconds / 60:.1f} min")
+    table = results.get("after", {}).get("recovery", {})
+    if table:
+        print(f"  {'teacher':24s} {'base':>6s} {'teacher':>8s} {'student':>8s} {'recovered':>9s} {'KL before':>10s} {'KL after':>9s}")
+    for name, row in table.items():
+        recovered = "n/a" if row["recovered"] is None else f"{row['recovered']:.0%}"
+        kl = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        print(
+            f"  {name:24s} {row['base']:6.3f} {row['teacher']:8.3f} {row['student']:8.3f} {recovered:>9s} "
+            f"{kl(row['kl_before']):>10s} {kl(row['kl_after']):>9s}"
+        )
     print(f"  checkpoint: {results.get('checkpoint')}")
 
 

@@ -35,6 +35,16 @@ class Sequences:
         return Sequences([self.prompt_ids[i] for i in indices], [self.completion_ids[i] for i in indices])
 
 
+@dataclass
+class CompletionStates:
+    """The student at its completion positions: what a distillation loss needs."""
+
+    hidden_B_T_H: torch.Tensor  # last hidden state before the token at [b, t] (autocast dtype)
+    head_V_H: torch.Tensor  # output head (tied to the embeddings where the model ties them)
+    targets_B_T: torch.Tensor  # the completion token ids
+    mask_B_T: torch.Tensor  # 1.0 on real completion tokens
+
+
 def peak_memory_gib() -> float:
     """Peak memory of this process: CUDA allocator peak on GPU, peak RSS on CPU."""
     if torch.cuda.is_available():
@@ -55,7 +65,6 @@ class PolicyTrainer:
         frozen_bf16 = trainer_cfg.lora is not None and trainer_cfg.autocast == "bfloat16"
         base_dtype = torch.bfloat16 if frozen_bf16 else torch.float32
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=base_dtype).to(self.device)
-        self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
         self.pad_id = model.config.pad_token_id or 0
         self._ref_model = None  # built on first use, full fine-tuning only
         self.model_path = model_path
@@ -70,6 +79,7 @@ class PolicyTrainer:
             params, lr=trainer_cfg.lr, weight_decay=trainer_cfg.weight_decay, betas=tuple(trainer_cfg.betas)
         )
         self.steps = 0
+        self.frozen: dict[str, object] = {}
 
     @staticmethod
     def _wrap_lora(model, lora_cfg):
@@ -94,49 +104,37 @@ class PolicyTrainer:
         model = model or self.model
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
-    def token_logprobs(self, seqs: Sequences, model=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-prob of each completion token under ``model``: ``(logprobs_B_T, mask_B_T)``."""
+    def completion_states(self, seqs: Sequences, model=None) -> CompletionStates:
+        """Last hidden states at the positions that predict each completion token (autocast dtype)."""
         causal_lm = self._causal_lm(model)
         input_ids_B_L, attention_B_L, positions_B_T, targets_B_T, mask_B_T = self._pack(seqs)
         with self._autocast():
             hidden_B_L_H = causal_lm.get_decoder()(
                 input_ids=input_ids_B_L, attention_mask=attention_B_L
             ).last_hidden_state
-            hidden_B_T_H = torch.gather(
-                hidden_B_L_H, 1, positions_B_T.unsqueeze(-1).expand(-1, -1, hidden_B_L_H.shape[-1])
-            )
-            logits_B_T_V = causal_lm.get_output_embeddings()(hidden_B_T_H)
+        hidden_B_T_H = torch.gather(
+            hidden_B_L_H, 1, positions_B_T.unsqueeze(-1).expand(-1, -1, hidden_B_L_H.shape[-1])
+        )
+        return CompletionStates(hidden_B_T_H, causal_lm.get_output_embeddings().weight, targets_B_T, mask_B_T)
+
+    def token_logprobs(self, seqs: Sequences, model=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-prob of each completion token under ``model``: ``(logprobs_B_T, mask_B_T)``."""
+        states = self.completion_states(seqs, model)
+        with self._autocast():
+            logits_B_T_V = torch.nn.functional.linear(states.hidden_B_T_H, states.head_V_H)
         logits_B_T_V = logits_B_T_V.float()
-        target_logits_B_T = logits_B_T_V.gather(-1, targets_B_T.unsqueeze(-1)).squeeze(-1)
+        target_logits_B_T = logits_B_T_V.gather(-1, states.targets_B_T.unsqueeze(-1)).squeeze(-1)
         logprobs_B_T = target_logits_B_T - torch.logsumexp(logits_B_T_V, dim=-1)
-        return logprobs_B_T * mask_B_T, mask_B_T
+        return logprobs_B_T * states.mask_B_T, states.mask_B_T
 
     def _pack(self, seqs: Sequences):
-        """Right-pad prompt+completion; index the positions whose next token is a completion token."""
-        lengths = [len(p) + len(c) for p, c in zip(seqs.prompt_ids, seqs.completion_ids)]
-        max_len, max_completion = max(lengths), max(max(len(c) for c in seqs.completion_ids), 1)
-        batch = len(seqs)
-        input_ids = torch.full((batch, max_len), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((batch, max_len), dtype=torch.long)
-        positions = torch.zeros((batch, max_completion), dtype=torch.long)
-        targets = torch.zeros((batch, max_completion), dtype=torch.long)
-        mask = torch.zeros((batch, max_completion), dtype=torch.float32)
-        for row, (prompt, completion) in enumerate(zip(seqs.prompt_ids, seqs.completion_ids)):
-            tokens = prompt + completion
-            input_ids[row, : len(tokens)] = torch.tensor(tokens)
-            attention[row, : len(tokens)] = 1
-            count = len(completion)
-            positions[row, :count] = torch.arange(len(prompt) - 1, len(prompt) - 1 + count)
-            targets[row, :count] = torch.tensor(completion, dtype=torch.long)
-            mask[row, :count] = 1.0
-        to = lambda t: t.to(self.device)  # noqa: E731
-        return to(input_ids), to(attention), to(positions), to(targets), to(mask)
+        return pack_sequences(seqs, self.pad_id, self.device)
 
     @torch.no_grad()
     def logprobs(self, seqs: Sequences, reference: bool = False) -> list[list[float]]:
         """No-grad log-probs per completion token (old-policy or reference)."""
         out: list[list[float]] = [[] for _ in range(len(seqs))]
-        for indices in _length_sorted_chunks(seqs, self.cfg.micro_batch_size):
+        for indices in length_sorted_chunks(seqs, self.cfg.micro_batch_size):
             sub = seqs.select(indices)
             logprobs_B_T, _ = self._reference_logprobs(sub) if reference else self.token_logprobs(sub)
             for index, row, completion in zip(indices, logprobs_B_T, sub.completion_ids):
@@ -159,22 +157,16 @@ class PolicyTrainer:
     def update(self, seqs: Sequences, loss_fn: Callable, extras: dict[str, list]) -> dict[str, float]:
         """One optimizer step over ``seqs`` with gradient accumulation.
 
-        ``loss_fn(logprobs_B_T, mask_B_T, extras_for_microbatch) -> (loss, metrics)``
-        must already be normalised for the whole batch (see ``grpo.LossNormalizer``).
-        ``extras`` holds per-sequence inputs (advantages, old log-probs, ...).
+        ``loss_fn(logprobs_B_T, mask_B_T, extras_for_microbatch) -> (loss, metrics)``, or, for
+        a loss with ``needs_states = True`` (distillation), ``loss_fn(CompletionStates,
+        extras_for_microbatch, frozen) -> (loss, metrics)`` where ``frozen`` holds the
+        tensors installed with ``set_frozen``. The loss must already be normalised for the
+        whole batch (see ``grpo.LossNormalizer``). ``extras`` holds per-sequence inputs.
         """
         start = time.perf_counter()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        totals: dict[str, float] = {"loss": 0.0}
-        for indices in _length_sorted_chunks(seqs, self.cfg.micro_batch_size):
-            logprobs_B_T, mask_B_T = self.token_logprobs(seqs.select(indices))
-            micro_extras = {key: [values[i] for i in indices] for key, values in extras.items()}
-            loss, metrics = loss_fn(logprobs_B_T, mask_B_T, micro_extras)
-            loss.backward()
-            totals["loss"] += float(loss.detach())
-            for key, value in metrics.items():
-                totals[key] = totals.get(key, 0.0) + value
+        totals = self._accumulate(seqs, loss_fn, extras, backward=True)
         params = [p for p in self.model.parameters() if p.requires_grad]
         totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm))
         self.optimizer.step()
@@ -182,28 +174,37 @@ class PolicyTrainer:
         totals["update_seconds"] = time.perf_counter() - start
         return totals
 
+    @torch.no_grad()
+    def evaluate(self, seqs: Sequences, loss_fn: Callable, extras: dict[str, list]) -> dict[str, float]:
+        """The loss and metrics ``update`` would see, without a step (e.g. held-out KL to teachers)."""
+        self.model.eval()
+        return self._accumulate(seqs, loss_fn, extras, backward=False)
+
+    def _accumulate(self, seqs: Sequences, loss_fn: Callable, extras: dict, backward: bool) -> dict[str, float]:
+        totals: dict[str, float] = {"loss": 0.0}
+        for indices in length_sorted_chunks(seqs, self.cfg.micro_batch_size):
+            sub = seqs.select(indices)
+            micro_extras = {key: [values[i] for i in indices] for key, values in extras.items()}
+            if getattr(loss_fn, "needs_states", False):
+                loss, metrics = loss_fn(self.completion_states(sub), micro_extras, self.frozen)
+            else:
+                loss, metrics = loss_fn(*self.token_logprobs(sub), micro_extras)
+            if backward:
+                loss.backward()
+            totals["loss"] += float(loss.detach())
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value
+        return totals
+
+    def set_frozen(self, name: str, tensors) -> None:
+        """Install tensors a loss reads every step (e.g. teachers' output heads), sent once."""
+        self.frozen[name] = tensors
+
     # ---- weights out -----------------------------------------------------
 
-    @torch.no_grad()
     def engine_weights(self, dtype: str = "bfloat16") -> dict[str, torch.Tensor]:
         """HF-named full weights for the engine; LoRA deltas merged in (the model is not mutated)."""
-        target = getattr(torch, dtype)
-        causal_lm = self._causal_lm()
-        weights = {}
-        deltas = _lora_deltas(self.model)
-        for name, param in causal_lm.named_parameters():
-            if "lora_" in name:
-                continue
-            clean = name.replace(".base_layer.", ".")
-            if self.tied and clean == "lm_head.weight":
-                continue  # tied to the embeddings; the engine shares them too
-            module_name = clean.rsplit(".", 1)[0]
-            if module_name in deltas and clean.endswith("weight"):
-                value = param.float() + deltas[module_name].float()
-            else:
-                value = param
-            weights[clean] = value.detach().to("cpu", target).contiguous()
-        return weights
+        return engine_state_dict(self.model, dtype)
 
     def save(self, directory: str, tokenizer_from: str | None = None) -> str:
         """Save the model (safetensors, or the peft adapter) and optimizer state."""
@@ -221,6 +222,32 @@ class PolicyTrainer:
         return peak_memory_gib()
 
 
+@torch.no_grad()
+def engine_state_dict(model, dtype: str = "bfloat16") -> dict[str, torch.Tensor]:
+    """HF-named full weights of a causal LM or peft model, active LoRA deltas merged in.
+
+    The model is not mutated. A tied ``lm_head`` is left out: the engine ties it too.
+    """
+    target = getattr(torch, dtype)
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    tied = bool(getattr(causal_lm.config, "tie_word_embeddings", False))
+    deltas = _lora_deltas(model)
+    weights = {}
+    for name, param in causal_lm.named_parameters():
+        if "lora_" in name:
+            continue
+        clean = name.replace(".base_layer.", ".")
+        if tied and clean == "lm_head.weight":
+            continue
+        module_name = clean.rsplit(".", 1)[0]
+        if module_name in deltas and clean.endswith("weight"):
+            value = param.float() + deltas[module_name].float()
+        else:
+            value = param
+        weights[clean] = value.detach().to("cpu", target).contiguous()
+    return weights
+
+
 def _lora_deltas(model) -> dict[str, torch.Tensor]:
     """``{module name (HF naming): B @ A * scale}`` for every LoRA layer of a peft model."""
     try:
@@ -231,11 +258,37 @@ def _lora_deltas(model) -> dict[str, torch.Tensor]:
     for name, module in model.named_modules():
         if isinstance(module, LoraLayer):
             clean = name.removeprefix("base_model.model.")
-            deltas[clean] = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters)
+            deltas[clean] = sum(
+                module.get_delta_weight(adapter) for adapter in module.active_adapters if adapter in module.lora_A
+            )
     return deltas
 
 
-def _length_sorted_chunks(seqs: Sequences, size: int):
+def pack_sequences(seqs: Sequences, pad_id: int, device: torch.device):
+    """Right-pad prompt+completion; index the positions whose next token is a completion token.
+
+    Returns ``input_ids_B_L, attention_B_L, positions_B_T, targets_B_T, mask_B_T``.
+    """
+    lengths = [len(p) + len(c) for p, c in zip(seqs.prompt_ids, seqs.completion_ids)]
+    max_len, max_completion = max(lengths), max(max(len(c) for c in seqs.completion_ids), 1)
+    batch = len(seqs)
+    input_ids = torch.full((batch, max_len), pad_id, dtype=torch.long)
+    attention = torch.zeros((batch, max_len), dtype=torch.long)
+    positions = torch.zeros((batch, max_completion), dtype=torch.long)
+    targets = torch.zeros((batch, max_completion), dtype=torch.long)
+    mask = torch.zeros((batch, max_completion), dtype=torch.float32)
+    for row, (prompt, completion) in enumerate(zip(seqs.prompt_ids, seqs.completion_ids)):
+        tokens = prompt + completion
+        input_ids[row, : len(tokens)] = torch.tensor(tokens)
+        attention[row, : len(tokens)] = 1
+        count = len(completion)
+        positions[row, :count] = torch.arange(len(prompt) - 1, len(prompt) - 1 + count)
+        targets[row, :count] = torch.tensor(completion, dtype=torch.long)
+        mask[row, :count] = 1.0
+    return tuple(t.to(device) for t in (input_ids, attention, positions, targets, mask))
+
+
+def length_sorted_chunks(seqs: Sequences, size: int):
     """Micro-batches of similar total length, so little of each is padding.
 
     Order does not matter to the result: the loss normaliser is batch-wide.

@@ -128,17 +128,62 @@ class EvalConfig(Strict):
     max_tokens: int | None = Field(None, gt=0, description="default: grpo.max_tokens")
 
 
+class TeacherConfig(Strict):
+    domain: str = Field(description="a key of distill.domains: whose prompts this teacher scores")
+    mode: str = Field(description="the effort mode of the prompts this teacher scores")
+    path: str = Field(description="checkpoint directory: a full model, or a peft adapter over its base")
+    base: str | None = Field(None, description="adapter base model; default: the adapter's own record")
+    weight: float = Field(1.0, gt=0, description="w_i; teachers sharing a (domain, mode) all score it")
+
+
+class DistillConfig(Strict):
+    """On-policy distillation: the student samples, the teacher(s) of each prompt's key score it."""
+
+    domains: dict[str, TaskConfig] = Field(min_length=1, description="prompt sources per domain")
+    teachers: list[TeacherConfig] = Field(min_length=1)
+    steps: int = Field(20, ge=0)
+    prompts_per_step: int = Field(16, gt=0, description="drawn uniformly across (domain, mode) keys")
+    samples_per_prompt: int = Field(1, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(128, gt=0)
+    divergence: Literal["reverse_kl", "forward_kl", "generalized_jsd", "sampled_token"] = "reverse_kl"
+    jsd_beta: float = Field(0.5, ge=0, le=1, description="generalized_jsd only")
+    chunk_size: int = Field(512, gt=0, description="student tokens per [chunk, vocab] block")
+    teacher_num_cpus: float = Field(0, ge=0, description="0: the pool shares the cores (phases run one at a time)")
+    teacher_num_gpus: float = 0
+    checkpoint_every: int = Field(0, ge=0)
+    log_samples: int = Field(4, ge=0)
+
+    @model_validator(mode="after")
+    def _teachers_have_domains(self) -> DistillConfig:
+        for index, teacher in enumerate(self.teachers):
+            if teacher.domain not in self.domains:
+                raise ValueError(
+                    f"teachers.{index}.domain {teacher.domain!r} is not one of distill.domains {sorted(self.domains)}"
+                )
+        return self
+
+
 class Recipe(Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    task: TaskConfig
+    task: TaskConfig | None = Field(None, description="a GRPO specialist run")
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+    distill: DistillConfig | None = Field(None, description="an on-policy distillation run")
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _fits_context(self) -> Recipe:
+        if (self.task is None) == (self.distill is None):
+            raise ValueError("a recipe has exactly one of `task` (GRPO specialist) or `distill` (on-policy distillation)")
+        if self.distill is not None and self.distill.max_tokens >= self.model.max_model_len:
+            raise ValueError(
+                f"distill.max_tokens ({self.distill.max_tokens}) leaves no room for the prompt in "
+                f"model.max_model_len ({self.model.max_model_len})"
+            )
         if self.grpo.max_tokens >= self.model.max_model_len:
             raise ValueError(
                 f"grpo.max_tokens ({self.grpo.max_tokens}) leaves no room for the prompt in "
@@ -227,9 +272,17 @@ def _check_resolvable(recipe: Recipe) -> list[str]:
     problems = []
     if message := check_model_spec(recipe.model.path):
         problems.append(f"model.path: {message}")
-    for index, spec in enumerate(recipe.task.rewards):
-        try:
-            resolve_reward(spec.name)
-        except RewardNotFound as error:
-            problems.append(f"task.rewards.{index}.name: {error}")
+    tasks = {"task": recipe.task} if recipe.task else {}
+    if recipe.distill:
+        tasks.update({f"distill.domains.{name}": task for name, task in recipe.distill.domains.items()})
+    for where, task in tasks.items():
+        for index, spec in enumerate(task.rewards):
+            try:
+                resolve_reward(spec.name)
+            except RewardNotFound as error:
+                problems.append(f"{where}.rewards.{index}.name: {error}")
+    if recipe.distill and not problems:
+        from distill.teachers import check_teachers
+
+        problems += check_teachers(recipe.distill.teachers, recipe.model.path)
     return problems

@@ -296,3 +296,24 @@ def test_registry_refuses_a_duplicate_name():
 
     with pytest.raises(ValueError, match="already registered"):
         register_divergence(Again)
+
+
+@pytest.mark.parametrize("divergence", ["reverse_kl", "forward_kl", "generalized_jsd", "sampled_token"])
+def test_token_losses_are_each_tokens_weighted_divergence(divergence):
+    hidden_T_H, head_V_H = make_student()
+    teachers, weights_T_K = make_teachers(), mixed_weights_T_K()
+    ids_T = torch.randint(0, V, (T,), generator=torch.Generator().manual_seed(5))
+    token_losses_T = torch.full((T,), float("nan"))
+    loss = chunked_distill_loss(
+        hidden_T_H, head_V_H, teachers, weights_T_K, divergence,
+        chunk_size=CHUNK, sampled_ids_T=ids_T, num_tokens=50, token_losses_T=token_losses_T,
+    )
+    div = DIVERGENCES[divergence]()
+    with torch.no_grad():
+        s_T_V = hidden_T_H @ head_V_H.t()
+        expected_T = sum(
+            weights_T_K[:, k] * div.per_token(s_T_V, t.hidden_T_H @ t.head_V_H.t(), ids_T) for k, t in enumerate(teachers)
+        ) / 50
+    torch.testing.assert_close(token_losses_T, expected_T, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(token_losses_T.sum(), loss.detach(), atol=1e-6, rtol=1e-5)
+    assert token_losses_T[16:24].abs().sum() == 0

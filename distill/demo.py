@@ -1,0 +1,88 @@
+"""Make the demo teachers a distillation recipe names, so OPD can run on a laptop.
+
+    python -m distill.demo recipes/distill_demo.yaml [--steps 8] [--batch 32]
+
+Real teachers are specialists from GRPO runs. For a CPU demo of twelve of them
+this builds each missing (domain, mode) teacher in about half a minute: a LoRA
+adapter over the student's base, fine-tuned on its domain's training problems
+answered in its mode's style (terse for ``non_think``, a worked line for ``high``,
+worked and checked for ``max``). Each gains real held-out accuracy on its own
+suite, and the modes differ in length, so the student has something to recover.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from pathlib import Path
+
+import yaml
+
+from posttrain.models import resolve_model
+from posttrain.recipe import LoraConfig, Recipe, TrainerConfig, apply_overrides
+from specialists.math_task import MathTask, Problem
+from specialists.sft import sft_sequences, sft_step
+
+log = logging.getLogger("posttrain.demo")
+
+
+def reference_answer(problem: Problem, mode: str) -> str:
+    """The demo teacher's answer to ``problem`` in ``mode``'s style."""
+    match = re.search(r"What is (.+)\?", problem.question)
+    expression, answer = (match.group(1) if match else "the result"), problem.answer
+    if mode == "non_think":
+        return answer
+    if mode == "high":
+        return f"{expression} = {answer}.\nThe answer is {answer}."
+    return (
+        f"Let me work it out step by step.\n{expression} = {answer}.\n"
+        f"Check: the value of {expression} is {answer}.\nThe answer is {answer}."
+    )
+
+
+def make_teacher(recipe: Recipe, teacher_cfg, steps: int, batch: int, lr: float) -> str:
+    """SFT one LoRA teacher for ``teacher_cfg`` (domain, mode) and save it to its path."""
+    from transformers import AutoTokenizer
+
+    from posttrain.policy import PolicyTrainer
+
+    from .opd import Router
+    from .teachers import Teacher
+
+    base = resolve_model(recipe.model.path)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    placeholder = Teacher(teacher_cfg.domain, teacher_cfg.mode, "", None)
+    router = Router(recipe, [placeholder], tokenizer)
+    trainer_cfg = TrainerConfig(lr=lr, micro_batch_size=16, lora=LoraConfig(r=8, alpha=16))
+    trainer = PolicyTrainer(base, trainer_cfg, seed=recipe.run.seed)
+    task: MathTask = router.tasks[teacher_cfg.domain]
+    for step in range(steps):
+        prompts = [router.format(placeholder.key, p) for p in task.sample(10_000 + step, batch)]
+        answers = [reference_answer(p.problem, teacher_cfg.mode) for p in prompts]
+        metrics = sft_step(trainer, sft_sequences(tokenizer, [p.prompt_ids for p in prompts], answers))
+        log.info("%s step %d: nll %.3f", placeholder.name, step, metrics["loss"])
+    return trainer.save(teacher_cfg.path, tokenizer_from=base)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distill.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("recipe")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    data = apply_overrides(yaml.safe_load(Path(args.recipe).read_text()), args.overrides)
+    recipe = Recipe.model_validate(data)  # the teachers do not exist yet: schema only
+    for teacher_cfg in recipe.distill.teachers:
+        if Path(teacher_cfg.path).exists():
+            log.info("%s/%s: %s exists, kept", teacher_cfg.domain, teacher_cfg.mode, teacher_cfg.path)
+            continue
+        log.info("%s/%s: -> %s", teacher_cfg.domain, teacher_cfg.mode, make_teacher(recipe, teacher_cfg, args.steps, args.batch, args.lr))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""The on-policy distillation objective, as the trainer runs it on one micro-batch.
+
+``DistillLoss`` is the picklable loss object the driver hands to
+``PolicyTrainer.update``: it receives the student's hidden states at its completion
+positions, the teacher routes and hidden states the ``TeacherPool`` produced, and
+the teachers' output heads installed once with ``set_frozen("teacher_heads", ...)``;
+it calls ``chunked_distill_loss``, so no ``[T, V]`` tensor of any teacher is ever whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .losses import CachedHiddenTeacher, GeneralizedJSD, chunked_distill_loss
+
+
+def divergence_from(name: str, jsd_beta: float = 0.5):
+    return GeneralizedJSD(jsd_beta) if name == "generalized_jsd" else name
+
+
+@dataclass
+class DistillLoss:
+    """``(1/num_tokens) sum_t sum_k w[t,k] D(student_t || teacher_k,t)`` for one micro-batch.
+
+    ``num_tokens`` counts the completion tokens of the whole batch, so micro-batch losses
+    sum to the batch loss. Metrics: per-teacher ``kl_sum/<k>`` and ``tokens/<k>`` for
+    sequences routed to one teacher (the default), so the driver can log each teacher's KL.
+    """
+
+    divergence: object
+    num_tokens: int
+    chunk_size: int = 512
+    temperature: float = 1.0
+    needs_states = True  # PolicyTrainer passes CompletionStates, not log-probs
+
+    def __call__(self, states, extras: dict[str, list], frozen: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        mask_B_T = states.mask_B_T.bool()
+        lengths_B = mask_B_T.sum(1).tolist()
+        hidden_N_H = states.hidden_B_T_H[mask_B_T].float()
+        teachers, weights_N_K = self._teachers(extras["routes"], lengths_B, frozen, hidden_N_H.device)
+        token_losses_N = torch.zeros(hidden_N_H.shape[0], device=hidden_N_H.device)
+        loss = chunked_distill_loss(
+            hidden_N_H,
+            states.head_V_H.float(),
+            teachers,
+            weights_N_K,
+            self.divergence,
+            chunk_size=self.chunk_size,
+            sampled_ids_T=states.targets_B_T[mask_B_T],
+            num_tokens=self.num_tokens,
+            temperature=self.temperature,
+            token_losses_T=token_losses_N,
+        )
+        return loss, self._metrics(extras["routes"], lengths_B, token_losses_N * self.num_tokens)
+
+    @staticmethod
+    def _teachers(routes_B, lengths_B, frozen, device):
+        """One ``CachedHiddenTeacher`` per teacher present, its hidden states on its rows only."""
+        head_index, heads = frozen["teacher_head_index"], frozen["teacher_heads"]
+        present = sorted({k for routes in routes_B for k, _, _ in routes})
+        columns = {k: j for j, k in enumerate(present)}
+        n_tokens = sum(lengths_B)
+        weights_N_K = torch.zeros(n_tokens, len(present), device=device)
+        hidden_K_N_H = [torch.zeros(n_tokens, heads[head_index[k]].shape[1], device=device) for k in present]
+        offset = 0
+        for routes, length in zip(routes_B, lengths_B):
+            for k, weight, hidden_T_H in routes:
+                weights_N_K[offset : offset + length, columns[k]] = weight
+                hidden_K_N_H[columns[k]][offset : offset + length] = hidden_T_H[:length].to(device, torch.float32)
+            offset += length
+        teachers = [CachedHiddenTeacher(hidden_K_N_H[columns[k]], heads[head_index[k]].to(device)) for k in present]
+        return teachers, weights_N_K
+
+    @staticmethod
+    def _metrics(routes_B, lengths_B, token_values_N) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        offset = 0
+        for routes, length in zip(routes_B, lengths_B):
+            value = float(token_values_N[offset : offset + length].sum())
+            offset += length
+            if len(routes) == 1:
+                k, weight, _ = routes[0]
+                metrics[f"kl_sum/{k}"] = metrics.get(f"kl_sum/{k}", 0.0) + value / weight
+                metrics[f"tokens/{k}"] = metrics.get(f"tokens/{k}", 0.0) + length
+        return metrics

@@ -1,0 +1,172 @@
+"""The on-policy distillation loop: one driver, a vLLM engine, the student trainer, the teacher pool.
+
+Each step reads as the algorithm, phases named and timed::
+
+    route (prompts across (domain, mode) keys) -> generate (student, vLLM) ->
+    teacher_score (TeacherPool: teachers' hidden states on the student's tokens,
+    grouped by teacher) -> update (trainer: exact full-vocabulary loss) ->
+    weight_sync (trainer -> engine)
+
+The teachers' hidden states go from the pool straight into the trainer's update
+as a Ray object; the driver never holds them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import ray
+from rich.progress import Progress
+
+from posttrain.chat import prompt_ids
+from posttrain.policy import Sequences
+from posttrain.recipe import Recipe
+from posttrain.rundir import RunDir
+from posttrain.timing import PhaseTimer
+from rollout.engine import SamplingSpec
+from specialists.loop import start_actors
+from specialists.math_task import MathTask, Problem
+
+from .objective import DistillLoss, divergence_from
+from .teachers import Teacher, resolve_teacher, teacher_pool_actor
+
+log = logging.getLogger("posttrain.distill")
+
+
+@dataclass
+class RoutedPrompt:
+    """A prompt and the (domain, mode) key that picks its teachers."""
+
+    key: tuple[str, str]
+    problem: Problem
+    message: str
+    prompt_ids: list[int]
+
+
+class Router:
+    """Teachers by key, and the prompts of each step drawn uniformly across keys."""
+
+    def __init__(self, recipe: Recipe, teachers: list[Teacher], tokenizer):
+        cfg = recipe.distill
+        self.teachers, self.tokenizer, self.seed = teachers, tokenizer, recipe.run.seed
+        self.by_key: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        for index, teacher in enumerate(teachers):
+            self.by_key.setdefault(teacher.key, []).append((index, teacher.weight))
+        self.keys = sorted(self.by_key)
+        shared = {t.name for t in teachers if len(self.by_key[t.key]) > 1}
+        self.names = [f"{t.name}#{i}" if t.name in shared else t.name for i, t in enumerate(teachers)]
+        self.tasks = {domain: MathTask(cfg.domains[domain], seed=recipe.run.seed) for domain, _ in self.keys}
+
+    def format(self, key: tuple[str, str], problem: Problem) -> RoutedPrompt:
+        message = self.tasks[key[0]].user_message(problem)
+        return RoutedPrompt(key, problem, message, prompt_ids(self.tokenizer, message, system=f"Reasoning effort: {key[1]}."))
+
+    def sample(self, step: int, count: int) -> list[RoutedPrompt]:
+        """The prompts of step ``step``: a pure function of (seed, step), so a resumed run repeats it."""
+        rng = random.Random(self.seed * 7_919 + step)
+        counts = {key: 0 for key in self.keys}
+        for key in rng.choices(self.keys, k=count):
+            counts[key] += 1
+        prompts = []
+        for index, (key, n) in enumerate(counts.items()):
+            if n:
+                problems = self.tasks[key[0]].sample(step * len(self.keys) + index, n)
+                prompts += [self.format(key, problem) for problem in problems]
+        return prompts
+
+    def routing(self, keys: list[tuple[str, str]]) -> list[list[tuple[int, float]]]:
+        return [self.by_key[key] for key in keys]
+
+
+def distill_student(recipe: Recipe, student_path: str, run: RunDir) -> dict:
+    """Run on-policy distillation per ``recipe.distill``; returns evals, recovery and the checkpoint."""
+    from .recovery import recovery_eval
+
+    cfg = recipe.distill
+    teachers = [resolve_teacher(t) for t in cfg.teachers]
+    actors = start_actors(recipe, student_path)
+    router = Router(recipe, teachers, actors.tokenizer)
+    pool = teacher_pool_actor(teachers, cfg.teacher_num_cpus, cfg.teacher_num_gpus, recipe.trainer.micro_batch_size)
+    head_index, heads = ray.get(pool.heads.remote())
+    ray.get([
+        actors.trainer.set_frozen.remote("teacher_heads", heads),
+        actors.trainer.set_frozen.remote("teacher_head_index", head_index),
+    ])
+    log.info("%d teachers over %d keys, %d distinct output heads", len(teachers), len(router.keys), len(heads))
+    results: dict = {}
+    if recipe.eval.before:
+        results["before"] = recovery_eval(recipe, actors, pool, router, run, "before")
+    with Progress() as progress:
+        bar = progress.add_task("distill", total=cfg.steps)
+        for step in range(cfg.steps):
+            metrics = distill_step(recipe, actors, pool, router, run, step)
+            run.log_metrics(step, metrics)
+            log.info(_step_line(step, metrics))
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+                ray.get(actors.trainer.save.remote(str(run.checkpoint_dir(step + 1)), student_path))
+            progress.advance(bar)
+    results["checkpoint"] = ray.get(actors.trainer.save.remote(str(run.checkpoint_dir(cfg.steps)), student_path))
+    if recipe.eval.after:
+        results["after"] = recovery_eval(recipe, actors, pool, router, run, "after", results.get("before"))
+    for actor in (actors.engine, actors.trainer, pool):
+        ray.kill(actor)
+    return results
+
+
+def distill_step(recipe: Recipe, actors, pool, router: Router, run: RunDir, step: int) -> dict[str, float]:
+    cfg, timer = recipe.distill, PhaseTimer()
+    prompts = router.sample(step, cfg.prompts_per_step)
+    spec = SamplingSpec(n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+    with timer.phase("generate"):
+        rollout = ray.get(actors.engine.generate.remote([p.prompt_ids for p in prompts], spec))
+    completions = rollout.completions
+    seqs = Sequences([prompts[c.prompt_index].prompt_ids for c in completions], [c.token_ids for c in completions])
+    keys = [prompts[c.prompt_index].key for c in completions]
+    loss = DistillLoss(divergence_from(cfg.divergence, cfg.jsd_beta), sum(map(len, seqs.completion_ids)), cfg.chunk_size)
+    with timer.phase("teacher_score"):
+        extras = pool.score.remote(seqs, router.routing(keys))
+        ray.wait([extras], fetch_local=False)
+    with timer.phase("update"):
+        update = ray.get(actors.trainer.update.remote(seqs, loss, extras))
+    with timer.phase("weight_sync"):
+        ray.get(actors.engine.update_weights.remote(actors.trainer.engine_weights.remote(recipe.model.engine_dtype)))
+    run.log_samples(step, [
+        {"key": "/".join(prompts[c.prompt_index].key), "prompt": prompts[c.prompt_index].message, "completion": c.text}
+        for c in completions[: cfg.log_samples]
+    ])
+    return _step_metrics(rollout, update, router, timer, actors)
+
+
+def teacher_kls(update: dict[str, float], router: Router) -> dict[str, float]:
+    """Per-teacher mean per-token divergence, from ``DistillLoss``'s metrics."""
+    out = {}
+    for index, name in enumerate(router.names):
+        tokens = update.get(f"tokens/{index}", 0.0)
+        if tokens:
+            out[name] = update[f"kl_sum/{index}"] / tokens
+    return out
+
+
+def _step_metrics(rollout, update, router, timer, actors) -> dict[str, float]:
+    lengths = [len(c.token_ids) for c in rollout.completions]
+    metrics = {
+        "distill/loss": update["loss"],
+        "distill/grad_norm": update["grad_norm"],
+        "response/length_mean": sum(lengths) / len(lengths),
+        "response/truncated_share": sum(c.truncated for c in rollout.completions) / len(lengths),
+        "rollout/tokens_per_s": rollout.num_tokens / max(rollout.seconds, 1e-9),
+        "memory/trainer_peak_gib": ray.get(actors.trainer.peak_memory_gib.remote()),
+        **{f"distill/kl/{name}": value for name, value in teacher_kls(update, router).items()},
+        **timer.metrics(),
+    }
+    return metrics
+
+
+def _step_line(step: int, m: dict[str, float]) -> str:
+    phases = " ".join(f"{k[5:]}={v:.1f}s" for k, v in m.items() if k.startswith("time/"))
+    return (
+        f"step {step}: loss {m['distill/loss']:.4f} len {m['response/length_mean']:.0f} "
+        f"trunc {m['response/truncated_share']:.0%} | {phases} | peak {m['memory/trainer_peak_gib']:.1f} GiB"
+    )
