@@ -41,8 +41,8 @@ def reference_answer(problem: Problem, mode: str) -> str:
     )
 
 
-def make_teacher(recipe: Recipe, teacher_cfg, steps: int, batch: int, lr: float) -> str:
-    """SFT one LoRA teacher for ``teacher_cfg`` (domain, mode) and save it to its path."""
+def make_teacher(recipe: Recipe, teacher_cfg, steps: int, batch: int, lr: float, lora: bool = True) -> str:
+    """SFT one teacher for ``teacher_cfg`` (domain, mode), a LoRA adapter or a full model, saved to its path."""
     from transformers import AutoTokenizer
 
     from posttrain.policy import PolicyTrainer
@@ -54,7 +54,7 @@ def make_teacher(recipe: Recipe, teacher_cfg, steps: int, batch: int, lr: float)
     tokenizer = AutoTokenizer.from_pretrained(base)
     placeholder = Teacher(teacher_cfg.domain, teacher_cfg.mode, "", None)
     router = Router(recipe, [placeholder], tokenizer)
-    trainer_cfg = TrainerConfig(lr=lr, micro_batch_size=16, lora=LoraConfig(r=8, alpha=16))
+    trainer_cfg = TrainerConfig(lr=lr, micro_batch_size=16, lora=LoraConfig(r=8, alpha=16) if lora else None)
     trainer = PolicyTrainer(base, trainer_cfg, seed=recipe.run.seed)
     task: MathTask = router.tasks[teacher_cfg.domain]
     for step in range(steps):

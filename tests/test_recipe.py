@@ -25,7 +25,16 @@ def _error(tmp_path, data, overrides=()) -> str:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("*.yaml")))
 def test_shipped_recipes_validate(name):
-    assert load_recipe(RECIPES / name).task.sources
+    data = yaml.safe_load((RECIPES / name).read_text())
+    if "distill" not in data:
+        assert load_recipe(RECIPES / name).task.sources
+        return
+    # distillation recipes name teacher checkpoints that earlier runs make: only those may be missing
+    try:
+        load_recipe(RECIPES / name)
+    except RecipeError as error:
+        problems = str(error).splitlines()[1:]
+        assert all(".path: checkpoint" in p and "does not exist" in p for p in problems), problems
 
 
 def test_minimal_recipe_gets_defaults(tmp_path):
@@ -44,7 +53,7 @@ def test_wrong_type_names_path_and_value(tmp_path):
 
 
 def test_missing_required_section(tmp_path):
-    assert "task: Field required" in _error(tmp_path, {"model": {"path": "tiny-random"}})
+    assert "exactly one of `task`" in _error(tmp_path, {"model": {"path": "tiny-random"}})
 
 
 def test_missing_data_file(tmp_path):
