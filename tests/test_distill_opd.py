@@ -129,3 +129,21 @@ def test_trainer_loss_equals_the_kl_of_whole_models(teacher_dirs, tiny_model_pat
     per_teacher = [torch.cat(kl_rows[k::2]).mean() for k in range(2)]
     for k in range(2):
         assert got[f"kl_sum/{k}"] / got[f"tokens/{k}"] == pytest.approx(float(per_teacher[k]), rel=0.03)
+
+
+def test_several_teachers_per_prompt_sum_with_their_weights(teacher_dirs, tiny_model_path):
+    teachers = [resolve_teacher(TeacherConfig(**spec)) for spec in teacher_dirs]
+    pool = TeacherPool(teachers, micro_batch_size=4, threads=1)
+    trainer = PolicyTrainer(tiny_model_path, TrainerConfig(micro_batch_size=3), threads=1)
+    head_index, heads = pool.heads()
+    trainer.set_frozen("teacher_heads", heads)
+    trainer.set_frozen("teacher_head_index", head_index)
+    seqs = _random_seqs(5, seed=1)
+    num_tokens = sum(map(len, seqs.completion_ids))
+
+    def loss(routing):
+        return trainer.evaluate(seqs, DistillLoss("reverse_kl", num_tokens), pool.score(seqs, routing))["loss"]
+
+    only = [loss([[(k, 1.0)] for _ in range(len(seqs))]) for k in range(2)]
+    mixed = loss([[(0, 0.25), (1, 0.75)] for _ in range(len(seqs))])
+    assert mixed == pytest.approx(0.25 * only[0] + 0.75 * only[1], rel=1e-4)
