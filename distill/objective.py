@@ -39,7 +39,7 @@ class DistillLoss:
         mask_B_T = states.mask_B_T.bool()
         lengths_B = mask_B_T.sum(1).tolist()
         hidden_N_H = states.hidden_B_T_H[mask_B_T].float()
-        teachers, weights_N_K = self._teachers(extras["routes"], lengths_B, frozen, hidden_N_H.device)
+        teachers, weights_N_K = self._teachers(extras["routes"], mask_B_T, frozen, hidden_N_H.device)
         token_losses_N = torch.zeros(hidden_N_H.shape[0], device=hidden_N_H.device)
         loss = chunked_distill_loss(
             hidden_N_H,
@@ -56,19 +56,25 @@ class DistillLoss:
         return loss, self._metrics(extras["routes"], lengths_B, token_losses_N * self.num_tokens)
 
     @staticmethod
-    def _teachers(routes_B, lengths_B, frozen, device):
-        """One ``CachedHiddenTeacher`` per teacher present, its hidden states on its rows only."""
+    def _teachers(routes_B, mask_B_T, frozen, device):
+        """One ``CachedHiddenTeacher`` per teacher present, its hidden states on its rows only.
+
+        Rows are the student's loss tokens (``mask_B_T``), which may skip tokens inside a
+        completion (e.g. a forced close tag); teachers' hidden states cover every completion token.
+        """
         head_index, heads = frozen["teacher_head_index"], frozen["teacher_heads"]
         present = sorted({k for routes in routes_B for k, _, _ in routes})
         columns = {k: j for j, k in enumerate(present)}
-        n_tokens = sum(lengths_B)
+        n_tokens = int(mask_B_T.sum())
         weights_N_K = torch.zeros(n_tokens, len(present), device=device)
         hidden_K_N_H = [torch.zeros(n_tokens, heads[head_index[k]].shape[1], device=device) for k in present]
         offset = 0
-        for routes, length in zip(routes_B, lengths_B):
+        for routes, keep_T in zip(routes_B, mask_B_T.cpu()):
+            length = int(keep_T.sum())
             for k, weight, hidden_T_H in routes:
+                kept_H = hidden_T_H[keep_T[: hidden_T_H.shape[0]]]
                 weights_N_K[offset : offset + length, columns[k]] = weight
-                hidden_K_N_H[columns[k]][offset : offset + length] = hidden_T_H[:length].to(device, torch.float32)
+                hidden_K_N_H[columns[k]][offset : offset + length] = kept_H.to(device, torch.float32)
             offset += length
         teachers = [CachedHiddenTeacher(hidden_K_N_H[columns[k]], heads[head_index[k]].to(device)) for k in present]
         return teachers, weights_N_K
