@@ -27,18 +27,20 @@ from specialists.sft import sft_sequences, sft_step
 log = logging.getLogger("posttrain.demo")
 
 
-def reference_answer(problem: Problem, mode: str) -> str:
-    """The demo teacher's answer to ``problem`` in ``mode``'s style."""
+def reference_answer(problem: Problem, mode_name: str, close_tag: str | None) -> str:
+    """The demo teacher's answer to ``problem`` in its mode's style.
+
+    ``close_tag`` is set for thinking modes, whose prompt already ends with the open tag:
+    the answer then thinks (a worked line; worked and checked for ``max``), closes, answers.
+    """
     match = re.search(r"What is (.+)\?", problem.question)
     expression, answer = (match.group(1) if match else "the result"), problem.answer
-    if mode == "non_think":
+    if close_tag is None:
         return answer
-    if mode == "high":
-        return f"{expression} = {answer}.\nThe answer is {answer}."
-    return (
-        f"Let me work it out step by step.\n{expression} = {answer}.\n"
-        f"Check: the value of {expression} is {answer}.\nThe answer is {answer}."
-    )
+    thinking = f"{expression} = {answer}"
+    if mode_name == "max":
+        thinking = f"Let me work it out step by step.\n{thinking}.\nCheck: the value of {expression} is {answer}."
+    return f"{thinking}\n{close_tag}\nThe answer is {answer}."
 
 
 def make_teacher(recipe: Recipe, teacher_cfg, steps: int, batch: int, lr: float, lora: bool = True) -> str:
@@ -59,7 +61,9 @@ def make_teacher(recipe: Recipe, teacher_cfg, steps: int, batch: int, lr: float,
     task: MathTask = router.tasks[teacher_cfg.domain]
     for step in range(steps):
         prompts = [router.format(placeholder.key, p) for p in task.sample(10_000 + step, batch)]
-        answers = [reference_answer(p.problem, teacher_cfg.mode) for p in prompts]
+        mode = recipe.modes[teacher_cfg.mode]
+        close_tag = recipe.thinking_tags.close if mode.thinking else None
+        answers = [reference_answer(p.problem, teacher_cfg.mode, close_tag) for p in prompts]
         metrics = sft_step(trainer, sft_sequences(tokenizer, [p.prompt_ids for p in prompts], answers))
         log.info("%s step %d: nll %.3f", placeholder.name, step, metrics["loss"])
     return trainer.save(teacher_cfg.path, tokenizer_from=base)

@@ -21,11 +21,11 @@ import ray
 from rich.progress import Progress
 
 from posttrain.chat import prompt_ids
+from posttrain.modes import sampling_spec
 from posttrain.policy import Sequences
 from posttrain.recipe import Recipe
 from posttrain.rundir import RunDir
 from posttrain.timing import PhaseTimer
-from rollout.engine import SamplingSpec
 from specialists.loop import start_actors
 from specialists.math_task import MathTask, Problem
 
@@ -51,6 +51,7 @@ class Router:
     def __init__(self, recipe: Recipe, teachers: list[Teacher], tokenizer):
         cfg = recipe.distill
         self.teachers, self.tokenizer, self.seed = teachers, tokenizer, recipe.run.seed
+        self.modes, self.tags = recipe.modes, recipe.thinking_tags
         self.by_key: dict[tuple[str, str], list[tuple[int, float]]] = {}
         for index, teacher in enumerate(teachers):
             self.by_key.setdefault(teacher.key, []).append((index, teacher.weight))
@@ -61,7 +62,11 @@ class Router:
 
     def format(self, key: tuple[str, str], problem: Problem) -> RoutedPrompt:
         message = self.tasks[key[0]].user_message(problem)
-        return RoutedPrompt(key, problem, message, prompt_ids(self.tokenizer, message, system=f"Reasoning effort: {key[1]}."))
+        return RoutedPrompt(key, problem, message, prompt_ids(self.tokenizer, message, mode=self.modes[key[1]], tags=self.tags))
+
+    def spec(self, key: tuple[str, str], n: int = 1, temperature: float = 1.0, top_p: float = 1.0):
+        """How the student samples ``key``'s prompts: its mode's budget forcing and token allowance."""
+        return sampling_spec(self.modes[key[1]], self.tags, n=n, temperature=temperature, top_p=top_p)
 
     def sample(self, step: int, count: int) -> list[RoutedPrompt]:
         """The prompts of step ``step``: a pure function of (seed, step), so a resumed run repeats it."""
@@ -118,13 +123,13 @@ def distill_student(recipe: Recipe, student_path: str, run: RunDir) -> dict:
 def distill_step(recipe: Recipe, actors, pool, router: Router, run: RunDir, step: int) -> dict[str, float]:
     cfg, timer = recipe.distill, PhaseTimer()
     prompts = router.sample(step, cfg.prompts_per_step)
-    spec = SamplingSpec(n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+    specs = [router.spec(p.key, cfg.samples_per_prompt, cfg.temperature, cfg.top_p) for p in prompts]
     with timer.phase("generate"):
-        rollout = ray.get(actors.engine.generate.remote([p.prompt_ids for p in prompts], spec))
+        rollout = ray.get(actors.engine.generate.remote([p.prompt_ids for p in prompts], specs))
     completions = rollout.completions
-    seqs = Sequences([prompts[c.prompt_index].prompt_ids for c in completions], [c.token_ids for c in completions])
+    seqs = completion_sequences([prompts[c.prompt_index].prompt_ids for c in completions], completions)
     keys = [prompts[c.prompt_index].key for c in completions]
-    loss = DistillLoss(divergence_from(cfg.divergence, cfg.jsd_beta), sum(map(len, seqs.completion_ids)), cfg.chunk_size)
+    loss = DistillLoss(divergence_from(cfg.divergence, cfg.jsd_beta), sum(map(sum, seqs.completion_mask)), cfg.chunk_size)
     with timer.phase("teacher_score"):
         extras = pool.score.remote(seqs, router.routing(keys))
         ray.wait([extras], fetch_local=False)
@@ -139,6 +144,12 @@ def distill_step(recipe: Recipe, actors, pool, router: Router, run: RunDir, step
     return _step_metrics(rollout, update, router, timer, actors)
 
 
+def completion_sequences(prompts: list[list[int]], completions) -> Sequences:
+    """The student's samples as training sequences; forced close tags (not sampled) are masked out."""
+    masks = [c.loss_mask or [1] * len(c.token_ids) for c in completions]
+    return Sequences(prompts, [c.token_ids for c in completions], masks)
+
+
 def teacher_kls(update: dict[str, float], router: Router) -> dict[str, float]:
     """Per-teacher mean per-token divergence, from ``DistillLoss``'s metrics."""
     out = {}
@@ -151,7 +162,10 @@ def teacher_kls(update: dict[str, float], router: Router) -> dict[str, float]:
 
 def _step_metrics(rollout, update, router, timer, actors) -> dict[str, float]:
     lengths = [len(c.token_ids) for c in rollout.completions]
+    thinking = [c.thinking_tokens for c in rollout.completions]
     metrics = {
+        "response/thinking_tokens_mean": sum(thinking) / len(thinking),
+        "response/forced_close_share": sum(c.forced_close for c in rollout.completions) / len(lengths),
         "distill/loss": update["loss"],
         "distill/grad_norm": update["grad_norm"],
         "response/length_mean": sum(lengths) / len(lengths),

@@ -16,13 +16,11 @@ import logging
 
 import ray
 
-from posttrain.policy import Sequences
 from rewards.math import math_verify
-from rollout.engine import SamplingSpec
 from specialists.math_task import heldout_problems
 
 from .objective import DistillLoss
-from .opd import RoutedPrompt, Router, teacher_kls
+from .opd import RoutedPrompt, Router, completion_sequences, teacher_kls
 
 log = logging.getLogger("posttrain.distill")
 MIN_GAIN = 0.02  # below this teacher gain, "recovered share" is noise and is reported as None
@@ -36,39 +34,41 @@ def key_suites(recipe, router: Router) -> dict[tuple[str, str], list[RoutedPromp
     return suites
 
 
-def score_suites(engine, suites: dict, max_tokens: int) -> tuple[dict, dict]:
-    """Greedy accuracy per key in one batched engine call; also the completions, per key."""
+def score_suites(engine, router: Router, suites: dict) -> tuple[dict, dict]:
+    """Greedy accuracy and token use per key, every mode in one batched engine call; and the completions."""
     flat = [(key, prompt) for key, prompts in suites.items() for prompt in prompts]
-    spec = SamplingSpec(n=1, temperature=0.0, max_tokens=max_tokens)
-    result = ray.get(engine.generate.remote([prompt.prompt_ids for _, prompt in flat], spec))
-    scores: dict = {key: {"correct": 0, "tokens": 0, "problems": len(prompts)} for key, prompts in suites.items()}
+    specs = [router.spec(key, temperature=0.0) for key, _ in flat]
+    result = ray.get(engine.generate.remote([prompt.prompt_ids for _, prompt in flat], specs))
     completions: dict = {key: [] for key in suites}
     for (key, prompt), completion in zip(flat, result.completions):
-        scores[key]["correct"] += math_verify("", completion.text, answer=prompt.problem.answer)
-        scores[key]["tokens"] += len(completion.token_ids)
         completions[key].append((prompt, completion))
-    accuracy = {
-        key: {"accuracy": s["correct"] / max(s["problems"], 1), "mean_tokens": s["tokens"] / max(s["problems"], 1)}
-        for key, s in scores.items()
-    }
-    return accuracy, completions
+    scores = {}
+    for key, rows in completions.items():
+        count = max(len(rows), 1)
+        scores[key] = {
+            "accuracy": sum(math_verify("", c.text, answer=p.problem.answer) for p, c in rows) / count,
+            "mean_thinking_tokens": sum(c.thinking_tokens for _, c in rows) / count,
+            "mean_answer_tokens": sum(c.answer_tokens for _, c in rows) / count,
+            "problems": len(rows),
+        }
+    return scores, completions
 
 
 def heldout_kl(actors, pool, router: Router, completions: dict) -> dict[str, float]:
     """Per-teacher mean per-token KL(student || teacher) on the student's greedy completions."""
     pairs = [(key, prompt, c) for key, rows in completions.items() for prompt, c in rows if c.token_ids]
-    seqs = Sequences([prompt.prompt_ids for _, prompt, _ in pairs], [c.token_ids for _, _, c in pairs])
+    seqs = completion_sequences([prompt.prompt_ids for _, prompt, _ in pairs], [c for _, _, c in pairs])
     extras = pool.score.remote(seqs, router.routing([key for key, _, _ in pairs]))
-    loss = DistillLoss("reverse_kl", sum(map(len, seqs.completion_ids)))
+    loss = DistillLoss("reverse_kl", sum(map(sum, seqs.completion_mask)))
     return teacher_kls(ray.get(actors.trainer.evaluate.remote(seqs, loss, extras)), router)
 
 
-def teacher_scores(actors, pool, router: Router, suites: dict, max_tokens: int, dtype: str) -> dict[str, dict]:
+def teacher_scores(actors, pool, router: Router, suites: dict, dtype: str) -> dict[str, dict]:
     """Each teacher on its own key's suite, on the student's engine; the student's weights go back after."""
     scores = {}
     for index, teacher in enumerate(router.teachers):
         ray.get(actors.engine.update_weights.remote(pool.engine_weights.remote(index, dtype)))
-        accuracy, _ = score_suites(actors.engine, {teacher.key: suites[teacher.key]}, max_tokens)
+        accuracy, _ = score_suites(actors.engine, router, {teacher.key: suites[teacher.key]})
         scores[router.names[index]] = {"key": "/".join(teacher.key), **accuracy[teacher.key]}
     ray.get(actors.engine.update_weights.remote(actors.trainer.engine_weights.remote(dtype)))
     return scores
@@ -76,16 +76,15 @@ def teacher_scores(actors, pool, router: Router, suites: dict, max_tokens: int, 
 
 def recovery_eval(recipe, actors, pool, router: Router, run, tag: str, before: dict | None = None) -> dict:
     """Student scores and held-out KL per teacher; teacher scores once (``before``); recovery after."""
-    max_tokens = recipe.eval.max_tokens or recipe.distill.max_tokens
     suites = key_suites(recipe, router)
-    student, completions = score_suites(actors.engine, suites, max_tokens)
+    student, completions = score_suites(actors.engine, router, suites)
     report = {
         "student": {"/".join(key): value for key, value in student.items()},
         "kl": heldout_kl(actors, pool, router, completions),
         "examples": {"/".join(key): [c.text for _, c in rows[:2]] for key, rows in completions.items()},
     }
     if before is None:
-        report["teachers"] = teacher_scores(actors, pool, router, suites, max_tokens, recipe.model.engine_dtype)
+        report["teachers"] = teacher_scores(actors, pool, router, suites, recipe.model.engine_dtype)
     else:
         report["teachers"] = before["teachers"]
         report["recovery"] = recovery_table(before, report, router)

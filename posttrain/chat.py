@@ -1,12 +1,36 @@
-"""Chat formatting: one place that turns messages into the token ids the engine sees."""
+"""Chat formatting: one place that turns messages into the token ids the engine sees.
+
+Every sampler (RL, eval, distillation) formats through ``prompt_ids`` so a mode
+reaches the model the same way everywhere: the mode's instruction as the system
+message and, for a thinking mode, the thinking tags. For templates that do not
+know the tags (SmolLM2's) we say how to use them in the system message; either
+way a thinking prompt ends with the open tag, so the completion starts inside
+the thinking block.
+"""
 
 from __future__ import annotations
 
 
-def prompt_ids(tokenizer, user_message: str, system: str | None = None) -> list[int]:
-    """Token ids of a single-turn chat prompt, ending where the assistant starts."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [
+def prompt_ids(tokenizer, user_message: str, system: str | None = None, mode=None, tags=None) -> list[int]:
+    """Token ids of a single-turn chat prompt, ending where the assistant (in ``mode``) starts.
+
+    ``mode`` is a ``recipe.EffortMode`` (``None``: plain chat); ``tags`` a
+    ``recipe.ThinkingTags`` (default ``<think>``/``</think>``).
+    """
+    from .recipe import ThinkingTags
+
+    tags = tags or ThinkingTags()
+    thinking = mode is not None and mode.thinking
+    native = tags.open in (getattr(tokenizer, "chat_template", None) or "")
+    parts = [system, mode.instruction if mode is not None else None]
+    if thinking and not native:
+        parts.append(tags.instruction.format(open=tags.open, close=tags.close))
+    system_text = "\n".join(part for part in parts if part)
+    messages = ([{"role": "system", "content": system_text}] if system_text else []) + [
         {"role": "user", "content": user_message}
     ]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    extra = {"enable_thinking": thinking} if native and mode is not None else {}
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+    if thinking and not text.rstrip().endswith(tags.open):
+        text += tags.open + "\n"
     return tokenizer(text, add_special_tokens=False)["input_ids"]

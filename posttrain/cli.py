@@ -71,7 +71,8 @@ def _print_summary(results: dict, run, seconds: float) -> None:
     for tag in ("before", "after"):
         for suite, report in results.get(tag, {}).items():
             extra = " ".join(f"{k} {v:.3f}" for k, v in report.items() if k.startswith("pass@"))
-            print(f"  held-out {tag:6s} {suite}: accuracy {report['accuracy']:.3f} {extra}")
+            tokens = f"thinking {report.get('mean_thinking_tokens', 0):.1f} + answer {report.get('mean_answer_tokens', 0):.1f} tok"
+            print(f"  held-out {tag:6s} {suite}: accuracy {report['accuracy']:.3f} {extra} {tokens}")
     metrics = run.read_metrics()
     if metrics:
         first, last = metrics[: max(1, len(metrics) // 4)], metrics[-max(1, len(metrics) // 4) :]

@@ -23,16 +23,22 @@ import torch
 
 @dataclass
 class Sequences:
-    """Token-id sequences split into prompt and completion (what the engine returned)."""
+    """Token-id sequences split into prompt and completion (what the engine returned).
+
+    ``completion_mask`` (optional, 0/1 per completion token) marks tokens the loss
+    ignores, e.g. a close tag forced by budget forcing; ``None`` trains on all.
+    """
 
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
+    completion_mask: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
     def select(self, indices: list[int]) -> Sequences:
-        return Sequences([self.prompt_ids[i] for i in indices], [self.completion_ids[i] for i in indices])
+        mask = [self.completion_mask[i] for i in indices] if self.completion_mask is not None else None
+        return Sequences([self.prompt_ids[i] for i in indices], [self.completion_ids[i] for i in indices], mask)
 
 
 @dataclass
@@ -279,12 +285,13 @@ def pack_sequences(seqs: Sequences, pad_id: int, device: torch.device):
     mask = torch.zeros((batch, max_completion), dtype=torch.float32)
     for row, (prompt, completion) in enumerate(zip(seqs.prompt_ids, seqs.completion_ids)):
         tokens = prompt + completion
+        loss_mask = seqs.completion_mask[row] if seqs.completion_mask is not None else None
         input_ids[row, : len(tokens)] = torch.tensor(tokens)
         attention[row, : len(tokens)] = 1
         count = len(completion)
         positions[row, :count] = torch.arange(len(prompt) - 1, len(prompt) - 1 + count)
         targets[row, :count] = torch.tensor(completion, dtype=torch.long)
-        mask[row, :count] = 1.0
+        mask[row, :count] = torch.tensor(loss_mask, dtype=torch.float32) if loss_mask is not None else 1.0
     return tuple(t.to(device) for t in (input_ids, attention, positions, targets, mask))
 
 

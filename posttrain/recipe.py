@@ -32,6 +32,7 @@ class RunConfig(Strict):
 class ModelConfig(Strict):
     path: str = Field("smollm2-135m-instruct", description="built-in name, local directory, or hub id")
     max_model_len: int = Field(1024, gt=0)
+    prompt_room: int = Field(128, gt=0, description="tokens kept for the prompt: every mode's max_tokens + this must fit")
     engine_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
 
 
@@ -93,11 +94,50 @@ class RewardSpec(Strict):
     weight: float = 1.0
 
 
+class EffortMode(Strict):
+    """A reasoning-effort mode (see ``posttrain/modes.py``): how much the model may think, and length shaping."""
+
+    thinking: bool = False
+    thinking_budget: int | None = Field(None, gt=0, description="thinking tokens before the close tag is forced")
+    max_tokens: int = Field(gt=0, description="completion tokens in all: thinking + close tag + answer")
+    instruction: str | None = Field(None, description="system instruction for this mode")
+    overlong_buffer: int = Field(0, ge=0, description="DAPO soft overlong punishment: the last N tokens before max_tokens")
+    overlong_penalty: float = Field(1.0, ge=0, description="DAPO: the penalty at max_tokens")
+    target_length: int | None = Field(None, gt=0, description="L1-style: penalise |completion tokens - target|")
+    length_coef: float = Field(0.0, ge=0, description="L1-style: penalty per token of |length - target_length|")
+
+    @model_validator(mode="after")
+    def _budget_matches_thinking(self) -> EffortMode:
+        from .modes import MIN_ANSWER_TOKENS
+
+        if self.thinking and self.thinking_budget is None:
+            raise ValueError("thinking_budget is required when thinking is true")
+        if not self.thinking and self.thinking_budget is not None:
+            raise ValueError("thinking_budget is set but thinking is false")
+        if self.thinking_budget is not None and self.thinking_budget + MIN_ANSWER_TOKENS > self.max_tokens:
+            raise ValueError(
+                f"thinking_budget ({self.thinking_budget}) + {MIN_ANSWER_TOKENS} tokens for the close tag and "
+                f"answer exceeds max_tokens ({self.max_tokens})"
+            )
+        if self.length_coef > 0 and self.target_length is None:
+            raise ValueError("length_coef needs target_length")
+        return self
+
+
+class ThinkingTags(Strict):
+    """Thinking tags our chat formatting adds for templates that lack them (SmolLM2 has none)."""
+
+    open: str = "<think>"
+    close: str = "</think>"
+    instruction: str = "Think step by step between {open} and {close}, then give the final answer after {close}."
+
+
 class TaskConfig(Strict):
     domain: Literal["math"] = "math"
     sources: list[Source] = Field(min_length=1)
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="math_verify")], min_length=1)
     instruction: str = "Give the final answer as a number at the end."
+    modes: dict[str, float] = Field(default_factory=dict, description="mode name -> sampling weight; default: every mode")
 
 
 class GrpoConfig(Strict):
@@ -106,7 +146,7 @@ class GrpoConfig(Strict):
     samples_per_prompt: int = Field(8, ge=2, description="group size G; advantages need >= 2")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(128, gt=0, description="completion tokens per sample")
+    max_tokens: int = Field(128, gt=0, description="completion tokens per sample of the default mode (no `modes:`)")
     advantage: Literal["grpo", "dr_grpo"] = "grpo"
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.2, ge=0, description="DAPO clip-higher: set above clip_low, e.g. 0.28")
@@ -126,6 +166,9 @@ class EvalConfig(Strict):
     pass_k: int = Field(4, ge=1, description="samples per problem for pass@k (1 disables)")
     temperature: float = Field(1.0, gt=0, description="for the pass@k samples; accuracy is greedy")
     max_tokens: int | None = Field(None, gt=0, description="default: grpo.max_tokens")
+    modes: list[str] | None = Field(None, description="modes to evaluate; default: the task's modes")
+    sweep_mode: str | None = Field(None, description="thinking mode for the budget sweep; default: the largest budget")
+    budget_sweep: list[int] = Field(default_factory=list, description="thinking budgets for the accuracy curve")
 
 
 class TeacherConfig(Strict):
@@ -146,7 +189,6 @@ class DistillConfig(Strict):
     samples_per_prompt: int = Field(1, gt=0)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(128, gt=0)
     divergence: Literal["reverse_kl", "forward_kl", "generalized_jsd", "sampled_token"] = "reverse_kl"
     jsd_beta: float = Field(0.5, ge=0, le=1, description="generalized_jsd only")
     chunk_size: int = Field(512, gt=0, description="student tokens per [chunk, vocab] block")
@@ -174,16 +216,20 @@ class Recipe(Strict):
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
     distill: DistillConfig | None = Field(None, description="an on-policy distillation run")
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    modes: dict[str, EffortMode] = Field(default_factory=dict, description="reasoning-effort modes by name")
+    thinking_tags: ThinkingTags = Field(default_factory=ThinkingTags)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_mode(cls, data):
+        from .modes import with_default_modes
+
+        return with_default_modes(data)
 
     @model_validator(mode="after")
     def _fits_context(self) -> Recipe:
         if (self.task is None) == (self.distill is None):
             raise ValueError("a recipe has exactly one of `task` (GRPO specialist) or `distill` (on-policy distillation)")
-        if self.distill is not None and self.distill.max_tokens >= self.model.max_model_len:
-            raise ValueError(
-                f"distill.max_tokens ({self.distill.max_tokens}) leaves no room for the prompt in "
-                f"model.max_model_len ({self.model.max_model_len})"
-            )
         if self.grpo.max_tokens >= self.model.max_model_len:
             raise ValueError(
                 f"grpo.max_tokens ({self.grpo.max_tokens}) leaves no room for the prompt in "
@@ -248,7 +294,9 @@ def validate_recipe(data: dict, origin: str = "recipe") -> Recipe:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
         raise RecipeError(_format_errors(origin, error)) from None
-    problems = _check_resolvable(recipe)
+    from .modes import check_modes
+
+    problems = check_modes(recipe) + _check_resolvable(recipe)
     if problems:
         raise RecipeError(f"{origin}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
     return recipe

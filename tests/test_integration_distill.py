@@ -29,8 +29,12 @@ def test_student_moves_toward_its_teachers(tmp_path, ray_local, tiny_model_path)
             "steps": 6,
             "prompts_per_step": 8,
             "samples_per_prompt": 2,
-            "max_tokens": 16,
         },
+        "modes": {
+            "non_think": {"thinking": False, "max_tokens": 16},
+            "high": {"thinking": True, "thinking_budget": 8, "max_tokens": 24},
+        },
+
         "eval": {"num_problems": 8, "pass_k": 1},
     }
     parsed = Recipe.model_validate(recipe)
