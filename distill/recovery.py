@@ -107,6 +107,8 @@ def recovery_table(before: dict, after: dict, router: Router) -> dict[str, dict]
             "recovered": (student - base) / gain if gain >= MIN_GAIN else None,
             "kl_before": before["kl"].get(name),
             "kl_after": after["kl"].get(name),
+            "student_thinking_tokens": after["student"][key]["mean_thinking_tokens"],
+            "student_answer_tokens": after["student"][key]["mean_answer_tokens"],
         }
     return table
 

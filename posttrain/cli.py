@@ -85,13 +85,15 @@ def _print_distill_summary(results: dict, run, seconds: float) -> None:
     print(f"\nrun directory: {run.path}   wall time: {seconds / 60:.1f} min")
     table = results.get("after", {}).get("recovery", {})
     if table:
-        print(f"  {'teacher':24s} {'base':>6s} {'teacher':>8s} {'student':>8s} {'recovered':>9s} {'KL before':>10s} {'KL after':>9s}")
+        header = ("base", "teacher", "student", "recovered", "KL before", "KL after", "think+answer tok")
+        print(f"  {'teacher':20s} " + " ".join(f"{h:>9s}" for h in header))
     for name, row in table.items():
         recovered = "n/a" if row["recovered"] is None else f"{row['recovered']:.0%}"
         kl = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        tokens = f"{row['student_thinking_tokens']:.0f}+{row['student_answer_tokens']:.0f}"
         print(
-            f"  {name:24s} {row['base']:6.3f} {row['teacher']:8.3f} {row['student']:8.3f} {recovered:>9s} "
-            f"{kl(row['kl_before']):>10s} {kl(row['kl_after']):>9s}"
+            f"  {name:20s} {row['base']:9.3f} {row['teacher']:9.3f} {row['student']:9.3f} {recovered:>9s} "
+            f"{kl(row['kl_before']):>9s} {kl(row['kl_after']):>9s} {tokens:>16s}"
         )
     print(f"  checkpoint: {results.get('checkpoint')}")
 
