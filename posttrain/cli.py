@@ -22,7 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate a recipe without running it")
     check.add_argument("recipe")
     check.add_argument("overrides", nargs="*")
+    sub.add_parser("fields", help="print the reference of every recipe field (Markdown)")
     args = parser.parse_args(argv)
+    if args.command == "fields":
+        from .fieldref import field_reference
+
+        print(field_reference(), end="")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         recipe = load_recipe(args.recipe, args.overrides)

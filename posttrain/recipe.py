@@ -24,48 +24,48 @@ class Strict(BaseModel):
 
 
 class RunConfig(Strict):
-    name: str = "run"
-    output_dir: str = "runs"
-    seed: int = 0
+    name: str = Field("run", description="run directory name under output_dir")
+    output_dir: str = Field("runs", description="where run directories go")
+    seed: int = Field(0, description="seeds prompts, sampling and initialisation; a run's steps are a pure function of it")
 
 
 class ModelConfig(Strict):
     path: str = Field("smollm2-135m-instruct", description="built-in name, local directory, or hub id")
-    max_model_len: int = Field(1024, gt=0)
+    max_model_len: int = Field(1024, gt=0, description="the engine's context window (prompt + completion tokens)")
     prompt_room: int = Field(128, gt=0, description="tokens kept for the prompt: every mode's max_tokens + this must fit")
-    engine_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    engine_dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="weights dtype in vLLM (and of the weights pushed to it)")
 
 
 class EngineSettings(Strict):
     kv_cache_gib: float = Field(1.0, gt=0, description="CPU only: KV cache memory")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU only")
-    tensor_parallel_size: int = Field(1, ge=1)
-    num_cpus: float = 1
-    num_gpus: float = 0
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (vLLM tensor parallelism)")
+    num_cpus: float = Field(1, description="Ray logical CPUs reserved for the engine actor")
+    num_gpus: float = Field(0, description="Ray GPUs reserved for the engine actor (0 on CPU)")
 
 
 class LoraConfig(Strict):
-    r: int = Field(16, gt=0)
-    alpha: int = 32
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    r: int = Field(16, gt=0, description="LoRA rank")
+    alpha: int = Field(32, description="LoRA scale numerator (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="module names to adapt, or every linear layer but the output head")
 
 
 class TrainerConfig(Strict):
-    lr: float = Field(1e-5, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.99)
-    max_grad_norm: float = Field(1.0, gt=0)
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     micro_batch_size: int = Field(16, gt=0, description="sequences per forward/backward")
-    autocast: Literal["bfloat16", "none"] = "bfloat16"
-    lora: LoraConfig | None = None
-    num_cpus: float = 1
-    num_gpus: float = 0
+    autocast: Literal["bfloat16", "none"] = Field("bfloat16", description="compute dtype of forward/backward; master weights stay float32")
+    lora: LoraConfig | None = Field(None, description="train a LoRA adapter (frozen bf16 base) instead of every weight")
+    num_cpus: float = Field(1, description="Ray logical CPUs reserved for the trainer actor")
+    num_gpus: float = Field(0, description="Ray GPUs reserved for the trainer actor")
 
 
 class Gsm8kSource(Strict):
-    kind: Literal["gsm8k"]
-    weight: float = Field(1.0, gt=0)
+    kind: Literal["gsm8k"] = Field(description="GSM8K word problems")
+    weight: float = Field(1.0, gt=0, description="sampling weight among the task's sources")
     path: str = Field("../shared/data/gsm8k/train.jsonl", description="jsonl file or hub id (openai/gsm8k)")
 
     @field_validator("path")
@@ -78,12 +78,12 @@ class Gsm8kSource(Strict):
 
 
 class ArithmeticSource(Strict):
-    kind: Literal["arithmetic"]
-    weight: float = Field(1.0, gt=0)
-    count: int = Field(20000, gt=0)
-    max_operand: int = Field(20, gt=0)
-    ops: str = Field("+-", pattern=r"^[+\-*]+$")
-    terms: int = Field(2, ge=2)
+    kind: Literal["arithmetic"] = Field(description="procedural arithmetic (What is 7 + 5?)")
+    weight: float = Field(1.0, gt=0, description="sampling weight among the task's sources")
+    count: int = Field(20000, gt=0, description="problems generated (deduplicated; 10% held out by hash)")
+    max_operand: int = Field(20, gt=0, description="operands drawn from 0..max_operand")
+    ops: str = Field("+-", pattern=r"^[+\-*]+$", description="operators to draw from")
+    terms: int = Field(2, ge=2, description="operands per expression")
 
 
 Source = Annotated[Gsm8kSource | ArithmeticSource, Field(discriminator="kind")]
@@ -91,13 +91,13 @@ Source = Annotated[Gsm8kSource | ArithmeticSource, Field(discriminator="kind")]
 
 class RewardSpec(Strict):
     name: str = Field(description="registered name, 'module:function', or an entry point")
-    weight: float = 1.0
+    weight: float = Field(1.0, description="weight of this reward in the sample's total")
 
 
 class EffortMode(Strict):
     """A reasoning-effort mode (see ``posttrain/modes.py``): how much the model may think, and length shaping."""
 
-    thinking: bool = False
+    thinking: bool = Field(False, description="whether the model thinks (between the thinking tags) before answering")
     thinking_budget: int | None = Field(None, gt=0, description="thinking tokens before the close tag is forced")
     max_tokens: int = Field(gt=0, description="completion tokens in all: thinking + close tag + answer")
     instruction: str | None = Field(None, description="system instruction for this mode")
@@ -127,40 +127,40 @@ class EffortMode(Strict):
 class ThinkingTags(Strict):
     """Thinking tags our chat formatting adds for templates that lack them (SmolLM2 has none)."""
 
-    open: str = "<think>"
-    close: str = "</think>"
-    instruction: str = "Think step by step between {open} and {close}, then give the final answer after {close}."
+    open: str = Field("<think>", description="tag that opens thinking (prefilled at the end of a thinking prompt)")
+    close: str = Field("</think>", description="tag that ends thinking; forced at the budget")
+    instruction: str = Field("Think step by step between {open} and {close}, then give the final answer after {close}.", description="system text telling templates without tags how to use them")
 
 
 class TaskConfig(Strict):
-    domain: Literal["math"] = "math"
-    sources: list[Source] = Field(min_length=1)
-    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="math_verify")], min_length=1)
-    instruction: str = "Give the final answer as a number at the end."
+    domain: Literal["math"] = Field("math", description="the task kind (its prompt format, scorer and held-out suite)")
+    sources: list[Source] = Field(min_length=1, description="prompt sources, drawn by weight")
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="math_verify")], min_length=1, description="rewards summed with their weights")
+    instruction: str = Field("Give the final answer as a number at the end.", description="appended to every question")
     modes: dict[str, float] = Field(default_factory=dict, description="mode name -> sampling weight; default: every mode")
 
 
 class GrpoConfig(Strict):
-    steps: int = Field(20, ge=0)
-    prompts_per_step: int = Field(8, gt=0)
+    steps: int = Field(20, ge=0, description="optimizer steps (each: generate, reward, update, weight sync)")
+    prompts_per_step: int = Field(8, gt=0, description="prompts per step, P")
     samples_per_prompt: int = Field(8, ge=2, description="group size G; advantages need >= 2")
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
     max_tokens: int = Field(128, gt=0, description="completion tokens per sample of the default mode (no `modes:`)")
-    advantage: Literal["grpo", "dr_grpo"] = "grpo"
-    clip_low: float = Field(0.2, ge=0)
+    advantage: Literal["grpo", "dr_grpo"] = Field("grpo", description="grpo: (r - mean) / std per group; dr_grpo: r - mean")
+    clip_low: float = Field(0.2, ge=0, description="PPO ratio clip below 1")
     clip_high: float = Field(0.2, ge=0, description="DAPO clip-higher: set above clip_low, e.g. 0.28")
     kl_coef: float = Field(0.0, ge=0, description="k3 KL to the reference model; 0 disables it")
-    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field("token_mean", description="how token losses are averaged (see specialists/grpo.py)")
     minibatches: int = Field(1, ge=1, description="optimizer steps per batch (>1 recomputes old log-probs)")
-    truncation_warn: float = Field(0.2, ge=0, le=1)
+    truncation_warn: float = Field(0.2, ge=0, le=1, description="warn when more than this share of samples is truncated")
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only the final one")
     log_samples: int = Field(4, ge=0, description="completions saved to samples.jsonl per step")
 
 
 class EvalConfig(Strict):
-    before: bool = True
-    after: bool = True
+    before: bool = Field(True, description="evaluate before training")
+    after: bool = Field(True, description="evaluate after training")
     sources: list[Source] | None = Field(None, description="held-out suites; default: the task's sources")
     num_problems: int = Field(100, gt=0, description="per source")
     pass_k: int = Field(4, ge=1, description="samples per problem for pass@k (1 disables)")
@@ -183,19 +183,19 @@ class DistillConfig(Strict):
     """On-policy distillation: the student samples, the teacher(s) of each prompt's key score it."""
 
     domains: dict[str, TaskConfig] = Field(min_length=1, description="prompt sources per domain")
-    teachers: list[TeacherConfig] = Field(min_length=1)
-    steps: int = Field(20, ge=0)
+    teachers: list[TeacherConfig] = Field(min_length=1, description="teachers by (domain, mode); see docs/distillation.md")
+    steps: int = Field(20, ge=0, description="optimizer steps (each: generate, teacher_score, update, weight sync)")
     prompts_per_step: int = Field(16, gt=0, description="drawn uniformly across (domain, mode) keys")
-    samples_per_prompt: int = Field(1, gt=0)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    divergence: Literal["reverse_kl", "forward_kl", "generalized_jsd", "sampled_token"] = "reverse_kl"
+    samples_per_prompt: int = Field(1, gt=0, description="student samples per prompt")
+    temperature: float = Field(1.0, gt=0, description="student sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="student nucleus sampling")
+    divergence: Literal["reverse_kl", "forward_kl", "generalized_jsd", "sampled_token"] = Field("reverse_kl", description="per-token divergence over the full vocabulary")
     jsd_beta: float = Field(0.5, ge=0, le=1, description="generalized_jsd only")
     chunk_size: int = Field(512, gt=0, description="student tokens per [chunk, vocab] block")
     teacher_num_cpus: float = Field(0, ge=0, description="0: the pool shares the cores (phases run one at a time)")
-    teacher_num_gpus: float = 0
-    checkpoint_every: int = Field(0, ge=0)
-    log_samples: int = Field(4, ge=0)
+    teacher_num_gpus: float = Field(0, description="Ray GPUs reserved for the teacher pool")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only the final one")
+    log_samples: int = Field(4, ge=0, description="completions saved to samples.jsonl per step")
 
     @model_validator(mode="after")
     def _teachers_have_domains(self) -> DistillConfig:
