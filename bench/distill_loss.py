@@ -54,7 +54,7 @@ NAIVE_BUFFERS = (3.1, 4.0)
 
 @dataclass(frozen=True)
 class Config:
-    method: str  # "naive" | "chunked"
+    method: str  # "naive" | "chunked" | "trl" (TRL's GKD loss on materialised logits; K=1)
     teachers: int
     tokens: int
     vocab: int
@@ -93,7 +93,27 @@ def build_inputs(cfg: Config, tokens: int, seed: int = 0):
     return hidden_T_H, head_V_H, teachers, weights_T_K
 
 
+TRL_BETA = {"reverse_kl": 1.0, "forward_kl": 0.0, "generalized_jsd": 0.5}  # TRL's beta convention
+
+
+def trl_loss(cfg: Config, hidden_T_H, head_V_H, teachers):
+    """TRL's ``GKDTrainer.generalized_jsd_loss`` on the same inputs: both [T, V] logits materialised."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from trl.experimental.gkd import GKDTrainer
+    (teacher,) = teachers
+    student_1_T_V = (hidden_T_H @ head_V_H.t()).unsqueeze(0)
+    with torch.no_grad():
+        teacher_1_T_V = teacher.logits(slice(0, cfg.tokens)).unsqueeze(0)
+    loss = GKDTrainer.generalized_jsd_loss(student_1_T_V, teacher_1_T_V, beta=TRL_BETA[cfg.divergence])
+    return loss / cfg.tokens  # "batchmean" over a batch of one sums the tokens
+
+
 def loss_call(cfg: Config, hidden_T_H, head_V_H, teachers, weights_T_K):
+    if cfg.method == "trl":
+        return trl_loss(cfg, hidden_T_H, head_V_H, teachers)
     if cfg.method == "naive":
         return naive_distill_loss(hidden_T_H, head_V_H, teachers, weights_T_K, cfg.divergence)
     return chunked_distill_loss(hidden_T_H, head_V_H, teachers, weights_T_K, cfg.divergence, chunk_size=cfg.chunk)
@@ -248,6 +268,8 @@ def parse_args() -> argparse.Namespace:
         help="also time ours at the largest K with one teacher per token",
     )
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--trl", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time TRL's GKD loss at K=1 (it takes one teacher)")
     args = parser.parse_args()
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
     args.tokens = args.tokens or DEFAULTS[kind]["tokens"]
@@ -278,6 +300,13 @@ def run_all(args) -> list[tuple[Config, Result | None, Result | None]]:
     return rows
 
 
+def run_trl(args) -> tuple[Config, Result | None] | None:
+    if not args.trl or 1 not in args.teachers:
+        return None
+    cfg = Config("trl", 1, args.tokens, args.vocab, args.hidden, 0, args.device, args.threads, divergence=args.divergence)
+    return cfg, run_naive(cfg, args.mem_limit_gib)
+
+
 def main() -> None:
     args = parse_args()
     print(
@@ -286,8 +315,17 @@ def main() -> None:
         flush=True,
     )
     rows = run_all(args)
+    trl = run_trl(args)
     print()
     print_table(rows)
+    if trl is not None:
+        ours = min((r for c, _, r in rows if c.teachers == 1 and r is not None), key=lambda r: r.seconds, default=None)
+        peak, seconds = _fmt(trl[1])
+        versus = "" if ours is None or trl[1] is None else (
+            f"; ours (best chunk): {trl[1].peak_gib / ours.peak_gib:.1f}x less memory, "
+            f"{ours.seconds / trl[1].seconds:.2f}x the time, loss rel diff {abs(ours.loss - trl[1].loss) / abs(trl[1].loss):.1e}"
+        )
+        print(f"\nTRL GKDTrainer.generalized_jsd_loss, K=1 (beta={TRL_BETA[args.divergence]}): {peak} GiB, {seconds} s{versus}")
     print(
         "\nGiB: peak memory of one forward+backward above the inputs (gradients included); s: its wall time."
         "\n* = naive does not fit: measured at T/4 and T/2, extrapolated linearly to T."
