@@ -18,12 +18,12 @@ import random
 from dataclasses import dataclass
 
 import ray
-from rich.progress import Progress
 
 from posttrain.chat import prompt_ids
 from posttrain.modes import sampling_spec
 from posttrain.policy import Sequences
 from posttrain.recipe import Recipe
+from posttrain.resume import eval_once, final_checkpoint, resume_point, run_steps
 from posttrain.rundir import RunDir
 from posttrain.timing import PhaseTimer
 from specialists.loop import start_actors
@@ -101,20 +101,17 @@ def distill_student(recipe: Recipe, student_path: str, run: RunDir) -> dict:
     ])
     log.info("%d teachers over %d keys, %d distinct output heads", len(teachers), len(router.keys), len(heads))
     results: dict = {}
+    start = resume_point(run, actors.trainer, actors.engine, recipe.model.engine_dtype, recipe.run.resume)
     if recipe.eval.before:
-        results["before"] = recovery_eval(recipe, actors, pool, router, run, "before")
-    with Progress() as progress:
-        bar = progress.add_task("distill", total=cfg.steps)
-        for step in range(cfg.steps):
-            metrics = distill_step(recipe, actors, pool, router, run, step)
-            run.log_metrics(step, metrics)
-            log.info(_step_line(step, metrics))
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-                ray.get(actors.trainer.save.remote(str(run.checkpoint_dir(step + 1)), student_path))
-            progress.advance(bar)
-    results["checkpoint"] = ray.get(actors.trainer.save.remote(str(run.checkpoint_dir(cfg.steps)), student_path))
+        evaluate = lambda: recovery_eval(recipe, actors, pool, router, run, "before")  # noqa: E731
+        results["before"] = eval_once(run, "before", start > 0, evaluate)
+    save = lambda step: ray.get(actors.trainer.save.remote(str(run.checkpoint_dir(step)), student_path))  # noqa: E731
+    step_fn = lambda step: distill_step(recipe, actors, pool, router, run, step)  # noqa: E731
+    run_steps("distill", run, start, cfg.steps, step_fn, _step_line, cfg.checkpoint_every, save)
+    results["checkpoint"] = final_checkpoint(run, cfg.steps, save)
     if recipe.eval.after:
-        results["after"] = recovery_eval(recipe, actors, pool, router, run, "after", results.get("before"))
+        evaluate = lambda: recovery_eval(recipe, actors, pool, router, run, "after", results.get("before"))  # noqa: E731
+        results["after"] = eval_once(run, "after", start == cfg.steps, evaluate)
     for actor in (actors.engine, actors.trainer, pool):
         ray.kill(actor)
     return results

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import resource
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -213,16 +214,49 @@ class PolicyTrainer:
         return engine_state_dict(self.model, dtype)
 
     def save(self, directory: str, tokenizer_from: str | None = None) -> str:
-        """Save the model (safetensors, or the peft adapter) and optimizer state."""
+        """Save the model (safetensors, or the peft adapter), optimizer and RNG state.
+
+        Written to ``<directory>.partial`` and renamed when complete, so a crash mid-save
+        never leaves a checkpoint that looks whole.
+        """
         path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
-        torch.save({"optimizer": self.optimizer.state_dict(), "steps": self.steps}, path / "trainer_state.pt")
+        partial = path.with_name(path.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        self.model.save_pretrained(partial)
+        state = {"optimizer": self.optimizer.state_dict(), "steps": self.steps, "torch_rng": torch.get_rng_state()}
+        torch.save(state, partial / "trainer_state.pt")
         if tokenizer_from:
             from transformers import AutoTokenizer
 
-            AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(path)
+            AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(partial)
+        shutil.rmtree(path, ignore_errors=True)
+        partial.rename(path)
         return str(path)
+
+    def load(self, directory: str) -> int:
+        """Restore what ``save`` wrote (weights, optimizer, RNG); returns the optimizer steps taken."""
+        from safetensors.torch import load_file
+
+        path = Path(directory)
+        if hasattr(self.model, "peft_config"):
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.model, load_file(path / "adapter_model.safetensors"))
+        else:
+            state = {}
+            for shard in sorted(path.glob("*.safetensors")):
+                state.update(load_file(shard))
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+            missing = [name for name in missing if not name.startswith("lm_head")]  # tied to the embeddings
+            if missing or unexpected:
+                raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        saved = torch.load(path / "trainer_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.steps = saved["steps"]
+        if "torch_rng" in saved:
+            torch.set_rng_state(saved["torch_rng"])
+        return self.steps
 
     def peak_memory_gib(self) -> float:
         return peak_memory_gib()

@@ -27,6 +27,7 @@ class RunConfig(Strict):
     name: str = Field("run", description="run directory name under output_dir")
     output_dir: str = Field("runs", description="where run directories go")
     seed: int = Field(0, description="seeds prompts, sampling and initialisation; a run's steps are a pure function of it")
+    resume: bool = Field(True, description="continue from the newest complete checkpoint in the run directory")
 
 
 class ModelConfig(Strict):

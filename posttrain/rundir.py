@@ -25,6 +25,7 @@ class RunDir:
         self.path = Path(root) / name
         self.path.mkdir(parents=True, exist_ok=True)
         self._tb = None
+        self._purge_step: int | None = None
 
     def save_recipe(self, recipe) -> Path:
         target = self.path / "recipe.yaml"
@@ -54,6 +55,28 @@ class RunDir:
     def checkpoint_dir(self, step: int) -> Path:
         return self.path / "checkpoints" / f"step_{step}"
 
+    def latest_checkpoint(self) -> tuple[int, Path] | None:
+        """The newest complete checkpoint (``save`` renames a checkpoint into place when whole)."""
+        found = []
+        for path in (self.path / "checkpoints").glob("step_*"):
+            step = path.name.removeprefix("step_")
+            if step.isdigit() and (path / "trainer_state.pt").exists():
+                found.append((int(step), path))
+        return max(found) if found else None
+
+    def load_eval(self, tag: str) -> dict | None:
+        target = self.path / "eval" / f"{tag}.json"
+        return json.loads(target.read_text()) if target.exists() else None
+
+    def rewind(self, step: int) -> None:
+        """Forget what was logged at ``step`` and after (a resumed run redoes those steps)."""
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            path = self.path / name
+            if path.exists():
+                kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", -1) < step]
+                path.write_text("".join(line + "\n" for line in kept))
+        self._purge_step = step
+
     def read_metrics(self) -> list[dict]:
         path = self.path / "metrics.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -62,7 +85,7 @@ class RunDir:
         if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.path / "tb"))
+            self._tb = SummaryWriter(str(self.path / "tb"), purge_step=self._purge_step)
         return self._tb
 
     def close(self) -> None:

@@ -24,16 +24,16 @@ from dataclasses import dataclass
 
 import ray
 import torch
-from rich.progress import Progress
 
 from posttrain.chat import prompt_ids
 from posttrain.modes import assign_modes, eval_mode_names, sampling_spec, sweep_mode, sweep_mode_name
 from posttrain.policy import Sequences, trainer_actor
 from posttrain.recipe import Recipe
+from posttrain.resume import eval_once, final_checkpoint, resume_point, run_steps
 from posttrain.rundir import RunDir
 from posttrain.timing import PhaseTimer
 from rewards import Sample, score_batch
-from rollout.engine import EngineConfig, SamplingSpec, engine_actor
+from rollout.engine import EngineConfig, engine_actor
 
 from .eval import budget_sweep, evaluate_math, plot_budget_sweeps
 from .grpo import GrpoLoss, LossNormalizer, group_advantages
@@ -111,22 +111,17 @@ def train_specialist(recipe: Recipe, model_path: str, run: RunDir) -> dict:
     """Run GRPO per ``recipe``; returns ``{"before": eval, "after": eval, "checkpoint": path}``."""
     task = MathTask(recipe.task, seed=recipe.run.seed)
     actors = start_actors(recipe, model_path)
-    results: dict = {}
+    cfg, results = recipe.grpo, {}
+    start = resume_point(run, actors.trainer, actors.engine, recipe.model.engine_dtype, recipe.run.resume)
     if recipe.eval.before:
-        results["before"] = run_eval(recipe, actors, task, run, "before")
-    cfg = recipe.grpo
-    with Progress() as progress:
-        bar = progress.add_task("GRPO", total=cfg.steps)
-        for step in range(cfg.steps):
-            metrics = grpo_step(recipe, actors, task, run, step)
-            run.log_metrics(step, metrics)
-            log.info(_step_line(step, metrics))
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-                ray.get(actors.trainer.save.remote(str(run.checkpoint_dir(step + 1)), model_path))
-            progress.advance(bar)
-    results["checkpoint"] = ray.get(actors.trainer.save.remote(str(run.checkpoint_dir(cfg.steps)), model_path))
+        results["before"] = eval_once(run, "before", start > 0, lambda: run_eval(recipe, actors, task, run, "before"))
+    save = lambda step: ray.get(actors.trainer.save.remote(str(run.checkpoint_dir(step)), model_path))  # noqa: E731
+    step_fn = lambda step: grpo_step(recipe, actors, task, run, step)  # noqa: E731
+    run_steps("GRPO", run, start, cfg.steps, step_fn, _step_line, cfg.checkpoint_every, save)
+    results["checkpoint"] = final_checkpoint(run, cfg.steps, save)
     if recipe.eval.after:
-        results["after"] = run_eval(recipe, actors, task, run, "after")
+        evaluate = lambda: run_eval(recipe, actors, task, run, "after")  # noqa: E731
+        results["after"] = eval_once(run, "after", start == cfg.steps, evaluate)
     for actor in (actors.engine, actors.trainer):
         ray.kill(actor)
     return results
