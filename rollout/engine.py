@@ -98,6 +98,7 @@ class EngineConfig:
     enforce_eager: bool = True
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.5
+    block_size: int | None = None  # KV block (and prefix-cache) granularity; None: vLLM's (128 on CPU)
 
 
 class RolloutEngine:
@@ -116,6 +117,8 @@ class RolloutEngine:
             extra["gpu_memory_utilization"] = config.gpu_memory_utilization
         else:
             extra["kv_cache_memory_bytes"] = int(config.kv_cache_gib * 2**30)
+        if config.block_size:
+            extra["block_size"] = config.block_size
         self.llm = LLM(
             model=config.model,
             dtype=config.dtype,
