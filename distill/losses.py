@@ -11,8 +11,7 @@ the divergence's analytic gradient w.r.t. the student logits; the chunk's gradie
 goes through the head (``dz @ W``, ``dz^T @ h``) before the next chunk. So a few
 ``[C, V]`` buffers plus the ``[V, H]`` head gradient are all that live at once.
 ``naive_distill_loss`` materialises everything: the reference for tests and benches.
-It must not materialise more than a chunk of ``[T, V]`` logits, keep any teacher's
-autograd graph (teachers and ``weights_T_K`` get no gradient), or sync per chunk.
+It must not materialise more than a chunk of ``[T, V]`` logits, keep a teacher's graph, or sync per chunk.
 
 Divergences (float32 logits, one temperature for student and teacher, no ``tau^2``):
 ``reverse_kl`` (default, as on-policy distillation), ``forward_kl``, ``generalized_jsd``,
@@ -448,9 +447,8 @@ def chunked_distill_loss(
     micro-batch losses sum to the full-batch loss. Temperature divides student and
     teacher logits alike. Gradients flow to ``student_hidden_T_H`` and
     ``student_head_V_H`` (whichever require grad), never to teachers or weights.
-    ``token_losses_T``, if given (float32 ``[T]``), receives each token's term of the loss
-    (``sum_k w[t,k] D_k(t) / num_tokens``, no gradient): per-teacher and per-sequence metrics
-    at no extra cost. Tokens no teacher weights get 0.
+    ``token_losses_T`` (float32 ``[T]``), if given, receives each token's term of the loss
+    (``sum_k w[t,k] D_k(t) / num_tokens``): per-teacher metrics at no extra cost.
     """
     div = resolve_divergence(divergence)
     _validate(student_hidden_T_H, student_head_V_H, teachers, weights_T_K, div, sampled_ids_T, chunk_size, temperature)
