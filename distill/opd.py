@@ -27,7 +27,8 @@ from posttrain.resume import eval_once, final_checkpoint, resume_point, run_step
 from posttrain.rundir import RunDir
 from posttrain.timing import PhaseTimer
 from specialists.loop import start_actors
-from specialists.math_task import MathTask, Problem
+from rollout.engine import GenerateResult
+from specialists.task import Problem, Task, make_task
 
 from .objective import DistillLoss, divergence_from
 from .teachers import Teacher, resolve_teacher, teacher_pool_actor
@@ -43,6 +44,7 @@ class RoutedPrompt:
     problem: Problem
     message: str
     prompt_ids: list[int]
+    suite: str = ""  # the held-out suite an eval prompt belongs to (its scorer); "" for training
 
 
 class Router:
@@ -58,11 +60,33 @@ class Router:
         self.keys = sorted(self.by_key)
         shared = {t.name for t in teachers if len(self.by_key[t.key]) > 1}
         self.names = [f"{t.name}#{i}" if t.name in shared else t.name for i, t in enumerate(teachers)]
-        self.tasks = {domain: MathTask(cfg.domains[domain], seed=recipe.run.seed) for domain, _ in self.keys}
+        self.tasks = {domain: make_task(cfg.domains[domain], seed=recipe.run.seed) for domain, _ in self.keys}
 
-    def format(self, key: tuple[str, str], problem: Problem) -> RoutedPrompt:
-        message = self.tasks[key[0]].user_message(problem)
-        return RoutedPrompt(key, problem, message, prompt_ids(self.tokenizer, message, mode=self.modes[key[1]], tags=self.tags))
+    def format(self, key: tuple[str, str], problem: Problem, suite: str = "") -> RoutedPrompt:
+        task = self.tasks[key[0]]
+        message, system = task.user_message(problem), task.system_prompt(problem)
+        ids = prompt_ids(self.tokenizer, message, system=system, mode=self.modes[key[1]], tags=self.tags)
+        return RoutedPrompt(key, problem, message, ids, suite)
+
+    def rollout(self, engine, prompts: list[RoutedPrompt], specs: list) -> GenerateResult:
+        """Student samples for ``prompts``: single-turn domains in one engine call, multi-turn ones by their task."""
+        groups: dict[str, list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            multi_turn = type(self.tasks[prompt.key[0]]).rollout is not Task.rollout
+            groups.setdefault(prompt.key[0] if multi_turn else "", []).append(index)
+        completions, seconds = [], 0.0
+        for domain, indices in groups.items():
+            task = self.tasks[domain] if domain else next(iter(self.tasks.values()))
+            result = task.rollout(
+                engine, self.tokenizer, [prompts[i].problem for i in indices],
+                [prompts[i].prompt_ids for i in indices], [specs[i] for i in indices],
+            )
+            for completion in result.completions:
+                completion.prompt_index = indices[completion.prompt_index]
+            completions += result.completions
+            seconds += result.seconds
+        completions.sort(key=lambda c: c.prompt_index)  # stable: a prompt's samples keep their order
+        return GenerateResult(completions, seconds)
 
     def spec(self, key: tuple[str, str], n: int = 1, temperature: float = 1.0, top_p: float = 1.0):
         """How the student samples ``key``'s prompts: its mode's budget forcing and token allowance."""
@@ -122,7 +146,7 @@ def distill_step(recipe: Recipe, actors, pool, router: Router, run: RunDir, step
     prompts = router.sample(step, cfg.prompts_per_step)
     specs = [router.spec(p.key, cfg.samples_per_prompt, cfg.temperature, cfg.top_p) for p in prompts]
     with timer.phase("generate"):
-        rollout = ray.get(actors.engine.generate.remote([p.prompt_ids for p in prompts], specs))
+        rollout = router.rollout(actors.engine, prompts, specs)
     completions = rollout.completions
     seqs = completion_sequences([prompts[c.prompt_index].prompt_ids for c in completions], completions)
     keys = [prompts[c.prompt_index].key for c in completions]

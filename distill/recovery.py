@@ -16,8 +16,6 @@ import logging
 
 import ray
 
-from rewards.math import math_verify
-from specialists.math_task import heldout_problems
 
 from .objective import DistillLoss
 from .opd import RoutedPrompt, Router, completion_sequences, teacher_kls
@@ -29,8 +27,8 @@ MIN_GAIN = 0.02  # below this teacher gain, "recovered share" is noise and is re
 def key_suites(recipe, router: Router) -> dict[tuple[str, str], list[RoutedPrompt]]:
     suites = {}
     for key in router.keys:
-        per_source = heldout_problems(recipe.distill.domains[key[0]].sources, recipe.eval.num_problems, recipe.run.seed)
-        suites[key] = [router.format(key, problem) for problems in per_source.values() for problem in problems]
+        per_suite = router.tasks[key[0]].heldout_suites(recipe.eval.suites, recipe.eval.num_problems)
+        suites[key] = [router.format(key, problem, name) for name, problems in per_suite.items() for problem in problems]
     return suites
 
 
@@ -38,15 +36,20 @@ def score_suites(engine, router: Router, suites: dict) -> tuple[dict, dict]:
     """Greedy accuracy and token use per key, every mode in one batched engine call; and the completions."""
     flat = [(key, prompt) for key, prompts in suites.items() for prompt in prompts]
     specs = [router.spec(key, temperature=0.0) for key, _ in flat]
-    result = ray.get(engine.generate.remote([prompt.prompt_ids for _, prompt in flat], specs))
+    result = router.rollout(engine, [prompt for _, prompt in flat], specs)
     completions: dict = {key: [] for key in suites}
     for (key, prompt), completion in zip(flat, result.completions):
         completions[key].append((prompt, completion))
     scores = {}
     for key, rows in completions.items():
         count = max(len(rows), 1)
+        correct = 0.0
+        for suite in dict.fromkeys(p.suite for p, _ in rows):
+            picked = [(p, c) for p, c in rows if p.suite == suite]
+            task = router.tasks[key[0]]
+            correct += sum(task.score_suite(suite, [p.problem for p, _ in picked], [c for _, c in picked])["score"])
         scores[key] = {
-            "accuracy": sum(math_verify("", c.text, answer=p.problem.answer) for p, c in rows) / count,
+            "accuracy": correct / count,
             "mean_thinking_tokens": sum(c.thinking_tokens for _, c in rows) / count,
             "mean_answer_tokens": sum(c.answer_tokens for _, c in rows) / count,
             "problems": len(rows),

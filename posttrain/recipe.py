@@ -134,7 +134,7 @@ class ThinkingTags(Strict):
 
 
 class TaskConfig(Strict):
-    domain: Literal["math"] = Field("math", description="the task kind (its prompt format, scorer and held-out suite)")
+    domain: str = Field("math", description="the task's domain: math, code, instruct, agent, or one registered with @register_task")
     sources: list[Source] = Field(min_length=1, description="prompt sources, drawn by weight")
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="math_verify")], min_length=1, description="rewards summed with their weights")
     instruction: str = Field("Give the final answer as a number at the end.", description="appended to every question")
@@ -162,7 +162,7 @@ class GrpoConfig(Strict):
 class EvalConfig(Strict):
     before: bool = Field(True, description="evaluate before training")
     after: bool = Field(True, description="evaluate after training")
-    sources: list[Source] | None = Field(None, description="held-out suites; default: the task's sources")
+    suites: list[str] | None = Field(None, description="held-out suites by name (e.g. humaneval, ifbench, bfcl_simple, gsm8k); default: the domain's own")
     num_problems: int = Field(100, gt=0, description="per source")
     pass_k: int = Field(4, ge=1, description="samples per problem for pass@k (1 disables)")
     temperature: float = Field(1.0, gt=0, description="for the pass@k samples; accuracy is greedy")
@@ -325,6 +325,7 @@ def _check_resolvable(recipe: Recipe) -> list[str]:
     if recipe.distill:
         tasks.update({f"distill.domains.{name}": task for name, task in recipe.distill.domains.items()})
     for where, task in tasks.items():
+        problems += _check_task_domain(where, task)
         for index, spec in enumerate(task.rewards):
             try:
                 resolve_reward(spec.name)
@@ -335,3 +336,16 @@ def _check_resolvable(recipe: Recipe) -> list[str]:
 
         problems += check_teachers(recipe.distill.teachers, recipe.model.path)
     return problems
+
+
+def _check_task_domain(where: str, task: TaskConfig) -> list[str]:
+    from specialists.task import task_class, task_domains
+
+    if task.domain not in task_domains():
+        return [f"{where}.domain: unknown domain {task.domain!r}; known: {task_domains()}"]
+    kinds = task_class(task.domain).source_kinds
+    return [
+        f"{where}.sources.{index}.kind: {source.kind!r} is not a {task.domain} source (those are {list(kinds)})"
+        for index, source in enumerate(task.sources)
+        if source.kind not in kinds
+    ]

@@ -1,9 +1,12 @@
-"""Held-out math eval on the vLLM engine, per effort mode: greedy accuracy, sampled pass@k,
-thinking and answer tokens, and an accuracy-vs-thinking-budget sweep with its plot.
+"""Held-out eval on the vLLM engine, per suite and effort mode: the suite's own score
+(greedy), sampled pass@k, thinking and answer tokens, and an accuracy-vs-thinking-budget
+sweep with its plot.
 
-Scored by ``math-verify`` on the answer (the text after the close tag), never by
-the training reward mix. Every mode's prompts go into one batched call per
-sampling setting; the engine budget-forces the thinking modes.
+Suites come from the task (``Task.heldout_suites``) and are scored by the task's
+suite scorer (``Task.score_suite``: math-verify, HumanEval's tests in the sandbox,
+IFBench's checkers, BFCL's AST checker), never by the training reward mix. Every
+suite in every mode goes into one batched rollout per sampling setting; the
+engine budget-forces the thinking modes.
 """
 
 from __future__ import annotations
@@ -11,83 +14,89 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import ray
-
 from posttrain.chat import prompt_ids
 from posttrain.modes import sampling_spec
-from rewards.math import math_verify
 
 
-def _correct(problems, completions) -> list[float]:
-    return [math_verify("", c.answer_text, answer=problems[c.prompt_index % len(problems)].answer) for c in completions]
-
-
-def _generate(engine, tokenizer, problems, user_message, modes: list, tags, n: int, temperature: float):
-    """One batched call: every problem in every mode (mode-major); returns the completions and their scores."""
-    prompts, specs = [], []
+def _rollout(engine, tokenizer, task, problems, modes: list, tags, n: int, temperature: float):
+    """One batched rollout: every problem in every mode (mode-major); returns the completions."""
+    prompts, specs, repeated = [], [], []
     for mode in modes:
-        prompts += [prompt_ids(tokenizer, user_message(p), mode=mode, tags=tags) for p in problems]
+        prompts += [
+            prompt_ids(tokenizer, task.user_message(p), system=task.system_prompt(p), mode=mode, tags=tags)
+            for p in problems
+        ]
         specs += [sampling_spec(mode, tags, n=n, temperature=temperature)] * len(problems)
-    result = ray.get(engine.generate.remote(prompts, specs))
-    return result.completions, _correct(problems, result.completions)
+        repeated += problems
+    return task.rollout(engine, tokenizer, repeated, prompts, specs).completions
 
 
-def evaluate_math(engine, tokenizer, suites: dict, user_message, modes: dict, tags, pass_k: int, temperature: float):
+def _scores(task, suites: dict, completions: list, n_modes: int, n: int) -> list[dict[str, list[float]]]:
+    """Suite scores of a mode-major rollout: one ``{metric: [value per completion]}`` per (mode, suite)."""
+    out, start = [], 0
+    for _ in range(n_modes):
+        for name, suite in suites.items():
+            picked = completions[start * n : (start + len(suite)) * n]
+            problems = [p for p in suite for _ in range(n)]
+            out.append(task.score_suite(name, problems, picked))
+            start += len(suite)
+    return out
+
+
+def evaluate_suites(engine, tokenizer, task, suites: dict, modes: dict, tags, pass_k: int, temperature: float):
     """``suites``: ``{name: [Problem]}``; ``modes``: ``{name: EffortMode}``. Report keys are ``suite/mode``."""
     problems = [p for suite in suites.values() for p in suite]
-    greedy, greedy_correct = _generate(engine, tokenizer, problems, user_message, list(modes.values()), tags, 1, 0.0)
-    sampled_correct = None
+    greedy = _rollout(engine, tokenizer, task, problems, list(modes.values()), tags, 1, 0.0)
+    greedy_scores = _scores(task, suites, greedy, len(modes), 1)
+    sampled_scores = None
     if pass_k > 1:
-        _, sampled_correct = _generate(
-            engine, tokenizer, problems, user_message, list(modes.values()), tags, pass_k, temperature
-        )
-    report = {}
-    for mode_index, mode_name in enumerate(modes):
-        start = mode_index * len(problems)
+        sampled = _rollout(engine, tokenizer, task, problems, list(modes.values()), tags, pass_k, temperature)
+        sampled_scores = _scores(task, suites, sampled, len(modes), pass_k)
+    report, start, index = {}, 0, 0
+    for mode_name in modes:
         for suite_name, suite in suites.items():
-            stop = start + len(suite)
-            entry = _suite_report(greedy, greedy_correct, sampled_correct, pass_k, start, stop)
+            picked = greedy[start : start + len(suite)]
+            entry = _suite_report(picked, greedy_scores[index], sampled_scores and sampled_scores[index], pass_k)
             entry["examples"] = [
-                {"question": problems[i % len(problems)].question, "answer": problems[i % len(problems)].answer,
-                 "greedy": greedy[i].text}
-                for i in range(start, min(stop, start + 3))
+                {"question": p.question, "answer": p.fields.get("answer"), "greedy": c.text}
+                for p, c in zip(suite[:3], picked)
             ]
             report[f"{suite_name}/{mode_name}"] = {"suite": suite_name, "mode": mode_name, **entry}
-            start = stop
+            start, index = start + len(suite), index + 1
     return report
 
 
-def _suite_report(greedy, greedy_correct, sampled_correct, pass_k, start, stop) -> dict:
-    count = max(stop - start, 1)
-    picked = greedy[start:stop]
-    report = {
-        "problems": stop - start,
-        "accuracy": sum(greedy_correct[start:stop]) / count,
-        "mean_completion_tokens": sum(len(c.token_ids) for c in picked) / count,
-        "mean_thinking_tokens": sum(c.thinking_tokens for c in picked) / count,
-        "mean_answer_tokens": sum(c.answer_tokens for c in picked) / count,
-        "forced_close_share": sum(c.forced_close for c in picked) / count,
-        "truncated_share": sum(c.truncated for c in picked) / count,
+def _suite_report(greedy: list, scores: dict, sampled: dict | None, pass_k: int) -> dict:
+    """Means of the suite's metrics (``accuracy`` is its headline ``score``), token use, pass@k."""
+    count = max(len(greedy), 1)
+    report = {"problems": len(greedy), "accuracy": sum(scores["score"]) / count}
+    report |= {name: sum(values) / count for name, values in scores.items() if name != "score"}
+    report |= {
+        "mean_completion_tokens": sum(len(c.token_ids) for c in greedy) / count,
+        "mean_thinking_tokens": sum(c.thinking_tokens for c in greedy) / count,
+        "mean_answer_tokens": sum(c.answer_tokens for c in greedy) / count,
+        "forced_close_share": sum(c.forced_close for c in greedy) / count,
+        "truncated_share": sum(c.truncated for c in greedy) / count,
     }
-    if sampled_correct is not None:
-        per_problem = [sampled_correct[i * pass_k : (i + 1) * pass_k] for i in range(start, stop)]
-        report[f"pass@{pass_k}"] = sum(any(row) for row in per_problem) / count
+    if sampled is not None:
+        per_problem = [sampled["score"][i * pass_k : (i + 1) * pass_k] for i in range(len(greedy))]
+        report[f"pass@{pass_k}"] = sum(max(row) > 0 for row in per_problem) / count
         report["sample_accuracy"] = sum(map(sum, per_problem)) / (count * pass_k)
     return report
 
 
-def budget_sweep(engine, tokenizer, suites: dict, user_message, modes_by_budget: dict, tags) -> dict:
-    """Greedy accuracy and token use at each thinking budget (``{budget: EffortMode}``), in one batched call."""
+def budget_sweep(engine, tokenizer, task, suites: dict, modes_by_budget: dict, tags) -> dict:
+    """Greedy score and token use at each thinking budget (``{budget: EffortMode}``), in one batched call."""
     problems = [p for suite in suites.values() for p in suite]
-    completions, correct = _generate(
-        engine, tokenizer, problems, user_message, list(modes_by_budget.values()), tags, 1, 0.0
-    )
+    completions = _rollout(engine, tokenizer, task, problems, list(modes_by_budget.values()), tags, 1, 0.0)
+    scores = _scores(task, suites, completions, len(modes_by_budget), 1)
     points, count = [], len(problems)
     for index, budget in enumerate(modes_by_budget):
         picked = completions[index * count : (index + 1) * count]
+        correct = [v for s in scores[index * len(suites) : (index + 1) * len(suites)] for v in s["score"]]
         points.append({
             "budget": budget,
-            "accuracy": sum(correct[index * count : (index + 1) * count]) / count,
+            "accuracy": sum(correct) / count,
             "mean_thinking_tokens": sum(c.thinking_tokens for c in picked) / count,
             "mean_answer_tokens": sum(c.answer_tokens for c in picked) / count,
             "forced_close_share": sum(c.forced_close for c in picked) / count,

@@ -32,13 +32,13 @@ from posttrain.recipe import Recipe
 from posttrain.resume import eval_once, final_checkpoint, resume_point, run_steps
 from posttrain.rundir import RunDir
 from posttrain.timing import PhaseTimer
-from rewards import Sample, score_batch
+from rewards import score_batch
 from rollout.engine import EngineConfig, engine_actor
 
-from .eval import budget_sweep, evaluate_math, plot_budget_sweeps
+from .eval import budget_sweep, evaluate_suites, plot_budget_sweeps
 from .grpo import GrpoLoss, LossNormalizer, group_advantages
-from .math_task import MathTask, heldout_problems
 from .shaping import length_penalties_B, mode_metrics
+from .task import Task, make_task
 
 log = logging.getLogger("posttrain.grpo")
 
@@ -68,15 +68,14 @@ def start_actors(recipe: Recipe, model_path: str) -> Actors:
     return Actors(engine, trainer, AutoTokenizer.from_pretrained(model_path))
 
 
-def run_eval(recipe: Recipe, actors: Actors, task: MathTask, run: RunDir, tag: str) -> dict:
-    sources = recipe.eval.sources or recipe.task.sources
-    suites = heldout_problems(sources, recipe.eval.num_problems, recipe.run.seed)
+def run_eval(recipe: Recipe, actors: Actors, task: Task, run: RunDir, tag: str) -> dict:
+    suites = task.heldout_suites(recipe.eval.suites, recipe.eval.num_problems)
     modes = {name: _eval_mode(recipe, name) for name in eval_mode_names(recipe)}
-    report = evaluate_math(
+    report = evaluate_suites(
         actors.engine,
         actors.tokenizer,
+        task,
         suites,
-        task.user_message,
         modes,
         recipe.thinking_tags,
         pass_k=recipe.eval.pass_k,
@@ -93,7 +92,7 @@ def run_eval(recipe: Recipe, actors: Actors, task: MathTask, run: RunDir, tag: s
     if recipe.eval.budget_sweep:
         name = sweep_mode_name(recipe)
         modes = {budget: sweep_mode(recipe.modes[name], budget) for budget in recipe.eval.budget_sweep}
-        sweep = budget_sweep(actors.engine, actors.tokenizer, suites, task.user_message, modes, recipe.thinking_tags)
+        sweep = budget_sweep(actors.engine, actors.tokenizer, task, suites, modes, recipe.thinking_tags)
         run.save_eval(f"{tag}_budget_sweep", {"mode": name, **sweep})
         plot_budget_sweeps(sorted((run.path / "eval").glob("*_budget_sweep.json")), run.path / "eval" / "budget_sweep.png")
     return report
@@ -109,7 +108,7 @@ def _eval_mode(recipe: Recipe, name: str):
 
 def train_specialist(recipe: Recipe, model_path: str, run: RunDir) -> dict:
     """Run GRPO per ``recipe``; returns ``{"before": eval, "after": eval, "checkpoint": path}``."""
-    task = MathTask(recipe.task, seed=recipe.run.seed)
+    task = make_task(recipe.task, seed=recipe.run.seed)
     actors = start_actors(recipe, model_path)
     cfg, results = recipe.grpo, {}
     start = resume_point(run, actors.trainer, actors.engine, recipe.model.engine_dtype, recipe.run.resume)
@@ -127,24 +126,21 @@ def train_specialist(recipe: Recipe, model_path: str, run: RunDir) -> dict:
     return results
 
 
-def grpo_step(recipe: Recipe, actors: Actors, task: MathTask, run: RunDir, step: int) -> dict[str, float]:
+def grpo_step(recipe: Recipe, actors: Actors, task: Task, run: RunDir, step: int) -> dict[str, float]:
     cfg, timer = recipe.grpo, PhaseTimer()
     problems = task.sample(step, cfg.prompts_per_step)
     mode_names = assign_modes(recipe.task.modes, cfg.prompts_per_step, recipe.run.seed, step)
     modes = [recipe.modes[name] for name in mode_names]
     prompts = [
-        prompt_ids(actors.tokenizer, task.user_message(p), mode=m, tags=recipe.thinking_tags)
+        prompt_ids(actors.tokenizer, task.user_message(p), system=task.system_prompt(p), mode=m, tags=recipe.thinking_tags)
         for p, m in zip(problems, modes)
     ]
     specs = [sampling_spec(m, recipe.thinking_tags, cfg.samples_per_prompt, cfg.temperature, cfg.top_p) for m in modes]
     with timer.phase("generate"):
-        rollout = ray.get(actors.engine.generate.remote(prompts, specs))
+        rollout = task.rollout(actors.engine, actors.tokenizer, problems, prompts, specs)
     completions = rollout.completions  # prompt-major: G samples of prompt 0, then prompt 1, ...
     with timer.phase("reward"):
-        samples = [
-            Sample(task.user_message(problems[c.prompt_index]), c.answer_text, problems[c.prompt_index].fields)
-            for c in completions
-        ]
+        samples = [task.reward_sample(problems[c.prompt_index], c) for c in completions]
         scored = score_batch(task.rewards, samples)
     scores_B = torch.tensor(scored.scores, dtype=torch.float32)
     lengths_B = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)

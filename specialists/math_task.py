@@ -1,28 +1,20 @@
-"""The math task: owns its prompt sources, its held-out suite and its rewards.
+"""The math task: GSM8K and procedural arithmetic, scored by ``math-verify``.
 
 Training draws from the sources by weight; held-out problems are the hashed
-slice of each source that training never sees (``data.is_heldout``).
+slice of each source that training never sees (``data.is_heldout``). Suites
+are named after their source (``gsm8k``, ``arithmetic(max=15,ops=+-,terms=2)``).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 from datasets import Dataset
 
+from rewards.math import math_verify
+
 from . import data
-
-
-@dataclass
-class Problem:
-    question: str
-    answer: str
-    source: str
-
-    @property
-    def fields(self) -> dict:
-        return {"answer": self.answer, "source": self.source}
+from .task import Problem, Task, register_task
 
 
 def load_source(source, seed: int) -> Dataset:
@@ -30,7 +22,7 @@ def load_source(source, seed: int) -> Dataset:
         return data.load_gsm8k(source.path)
     if source.kind == "arithmetic":
         return data.load_arithmetic(seed, source.count, source.max_operand, source.ops, source.terms)
-    raise ValueError(f"unknown source kind {source.kind!r}")
+    raise ValueError(f"unknown math source kind {source.kind!r}")
 
 
 def source_name(source) -> str:
@@ -39,11 +31,16 @@ def source_name(source) -> str:
     return source.kind
 
 
-class MathTask:
+def _problem(row) -> Problem:
+    return Problem(row["question"], {"answer": row["answer"], "source": row["source"]}, row["source"])
+
+
+@register_task("math")
+class MathTask(Task):
+    source_kinds = ("gsm8k", "arithmetic")
+
     def __init__(self, task_cfg, seed: int = 0):
-        self.cfg = task_cfg
-        self.seed = seed
-        self.rewards = [(spec.name, spec.weight) for spec in task_cfg.rewards]
+        super().__init__(task_cfg, seed)
         self._train = []
         for source in task_cfg.sources:
             rows = data.split_rows(load_source(source, seed), heldout=False)
@@ -58,12 +55,20 @@ class MathTask:
         problems = []
         for _ in range(count):
             _, rows = rng.choices(self._train, weights=weights)[0]
-            row = rows[rng.randrange(len(rows))]
-            problems.append(Problem(row["question"], row["answer"], row["source"]))
+            problems.append(_problem(rows[rng.randrange(len(rows))]))
         return problems
 
-    def user_message(self, problem: Problem) -> str:
-        return f"{problem.question}\n{self.cfg.instruction}".strip()
+    def heldout_suites(self, names, num_problems: int) -> dict[str, list[Problem]]:
+        suites = heldout_problems(self.cfg.sources, num_problems, self.seed)
+        if not names:
+            return suites
+        missing = [name for name in names if name not in suites]
+        if missing:
+            raise ValueError(f"math has no held-out suite {missing}; it has {sorted(suites)} (one per source)")
+        return {name: suites[name] for name in names}
+
+    def score_suite(self, suite: str, problems: list[Problem], completions: list) -> dict[str, list[float]]:
+        return {"score": [math_verify("", c.answer_text, answer=p.answer) for p, c in zip(problems, completions)]}
 
 
 def heldout_problems(sources, num_problems: int, seed: int) -> dict[str, list[Problem]]:
@@ -72,5 +77,5 @@ def heldout_problems(sources, num_problems: int, seed: int) -> dict[str, list[Pr
     for source in sources:
         rows = data.split_rows(load_source(source, seed), heldout=True)
         rows = rows.select(range(min(num_problems, len(rows))))
-        suites[source_name(source)] = [Problem(r["question"], r["answer"], r["source"]) for r in rows]
+        suites[source_name(source)] = [_problem(r) for r in rows]
     return suites
