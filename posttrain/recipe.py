@@ -93,6 +93,7 @@ Source = Annotated[Gsm8kSource | ArithmeticSource, Field(discriminator="kind")]
 class RewardSpec(Strict):
     name: str = Field(description="registered name, 'module:function', or an entry point")
     weight: float = Field(1.0, description="weight of this reward in the sample's total")
+    timeout_s: float = Field(30.0, gt=0, description="a call running longer scores the sample as failed (counted, logged)")
 
 
 class EffortMode(Strict):

@@ -2,12 +2,15 @@
 
 from . import math as _builtin_math  # noqa: F401  (registers the built-ins)
 from .registry import RewardNotFound, RewardResult, registered_rewards, resolve_reward, reward
-from .scoring import Sample, ScoredBatch, score_batch, score_locally
+from .scoring import RewardTimeout, Sample, ScoredBatch, WeightedReward, as_weighted, score_batch, score_locally
 
 __all__ = [
     "RewardNotFound",
     "RewardResult",
+    "RewardTimeout",
     "Sample",
+    "WeightedReward",
+    "as_weighted",
     "ScoredBatch",
     "registered_rewards",
     "resolve_reward",

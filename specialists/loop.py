@@ -213,6 +213,8 @@ def _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg) -> d
         "loss/clipped_token_share": update.get("clipped_tokens", 0.0) / max(update["tokens"], 1),
         "memory/trainer_peak_gib": ray.get(actors.trainer.peak_memory_gib.remote()),
         **{f"reward_failures/{name}": count for name, count in scored.failures.items()},
+        **{f"reward_timeouts/{name}": count for name, count in scored.timeouts.items()},
+        **{f"reward/{key}": sum(values) / len(values) for key, values in scored.components.items() if values},
         **timer.metrics(),
     }
     if "kl_sum" in update:

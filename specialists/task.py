@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rewards import Sample
+from rewards import Sample, as_weighted
 
 _TASKS: dict[str, Callable] = {}
 
@@ -52,7 +52,7 @@ class Task:
     def __init__(self, task_cfg, seed: int = 0):
         self.cfg = task_cfg
         self.seed = seed
-        self.rewards = [(spec.name, spec.weight) for spec in task_cfg.rewards]
+        self.rewards = as_weighted(task_cfg.rewards)
 
     def sample(self, step: int, count: int) -> list[Problem]:
         raise NotImplementedError
