@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from .recipe import RecipeError, load_recipe
 
@@ -44,42 +45,75 @@ def main(argv: list[str] | None = None) -> int:
 def run_recipe(recipe) -> int:
     import ray
 
-    from .models import resolve_model
-    from .rundir import RunDir
-
     started = time.perf_counter()
-    run = RunDir(recipe.run.output_dir, recipe.run.name)
-    run.save_recipe(recipe)
-    model_path = resolve_model(recipe.model.path)
     # Local embedded cluster by default; RAY_ADDRESS (or `ray job submit`) points at a real one.
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))
+    if recipe.pipeline is not None:
+        return _run_pipeline(recipe, started)
+    results = train_recipe(recipe)
+    run_dir = Path(recipe.run.output_dir) / recipe.run.name
+    if recipe.distill is not None:
+        _print_distill_summary(results, run_dir, time.perf_counter() - started)
+    else:
+        _print_summary(results, run_dir, time.perf_counter() - started)
+    return 0
+
+
+def train_recipe(recipe) -> dict:
+    """One GRPO specialist or distillation run into its run directory; its results (evals, checkpoint)."""
+    from .models import resolve_model
+    from .rundir import RunDir
+
+    run = RunDir(recipe.run.output_dir, recipe.run.name)
+    run.save_recipe(recipe)
+    model_path = resolve_model(recipe.model.path)
     try:
         if recipe.distill is not None:
             from distill.opd import distill_student
 
-            results = distill_student(recipe, model_path, run)
-        else:
-            from specialists.loop import train_specialist
+            return distill_student(recipe, model_path, run)
+        from specialists.loop import train_specialist
 
-            results = train_specialist(recipe, model_path, run)
+        return train_specialist(recipe, model_path, run)
     finally:
         run.close()
-    if recipe.distill is not None:
-        _print_distill_summary(results, run, time.perf_counter() - started)
-    else:
-        _print_summary(results, run, time.perf_counter() - started)
+
+
+def _run_pipeline(recipe, started: float) -> int:
+    from .pipeline import StageFailed, run_pipeline, stage_seconds
+    from .rundir import RunDir
+
+    root = RunDir(recipe.run.output_dir, recipe.run.name)
+    root.save_recipe(recipe)
+    try:
+        results = run_pipeline(recipe)
+    except StageFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"\nrun directory: {root.path}   wall time: {(time.perf_counter() - started) / 60:.1f} min")
+    for stage, seconds in stage_seconds(root.path / "pipeline.json").items():
+        print(f"  stage {stage:28s} {seconds / 60:6.1f} min")
+    for row in results["eval"].get("table", []):
+        print(f"  {row['domain']:>10s} {row['suite']:>28s} {row['mode']:>10s}: base {_fmt(row['base'])} "
+              f"specialist {_fmt(row['specialist'])} student {_fmt(row['student'])}")
     return 0
 
 
-def _print_summary(results: dict, run, seconds: float) -> None:
-    print(f"\nrun directory: {run.path}   wall time: {seconds / 60:.1f} min")
+def _fmt(value) -> str:
+    return "  n/a" if value is None else f"{value:.3f}"
+
+
+def _print_summary(results: dict, run_dir: Path, seconds: float) -> None:
+    print(f"\nrun directory: {run_dir}   wall time: {seconds / 60:.1f} min")
     for tag in ("before", "after"):
         for suite, report in results.get(tag, {}).items():
             extra = " ".join(f"{k} {v:.3f}" for k, v in report.items() if k.startswith("pass@"))
             tokens = f"thinking {report.get('mean_thinking_tokens', 0):.1f} + answer {report.get('mean_answer_tokens', 0):.1f} tok"
             print(f"  held-out {tag:6s} {suite}: accuracy {report['accuracy']:.3f} {extra} {tokens}")
-    metrics = run.read_metrics()
+    from .rundir import RunDir
+
+    metrics = RunDir(run_dir.parent, run_dir.name).read_metrics()
     if metrics:
         first, last = metrics[: max(1, len(metrics) // 4)], metrics[-max(1, len(metrics) // 4) :]
         mean = lambda rows: sum(r["reward/mean"] for r in rows) / len(rows)  # noqa: E731
@@ -87,8 +121,8 @@ def _print_summary(results: dict, run, seconds: float) -> None:
     print(f"  checkpoint: {results.get('checkpoint')}")
 
 
-def _print_distill_summary(results: dict, run, seconds: float) -> None:
-    print(f"\nrun directory: {run.path}   wall time: {seconds / 60:.1f} min")
+def _print_distill_summary(results: dict, run_dir: Path, seconds: float) -> None:
+    print(f"\nrun directory: {run_dir}   wall time: {seconds / 60:.1f} min")
     table = results.get("after", {}).get("recovery", {})
     if table:
         header = ("base", "teacher", "student", "recovered", "KL before", "KL after", "think+answer tok")

@@ -209,6 +209,21 @@ class DistillConfig(Strict):
         return self
 
 
+class StageRecipe(Strict):
+    recipe: str = Field(description="path to the stage's recipe YAML (relative to the working directory)")
+    overrides: list[str] = Field(default_factory=list, description="dotted key=value overrides applied to that recipe")
+
+
+class PipelineConfig(Strict):
+    """Specialists -> teachers -> on-policy distillation -> eval, in one driver (``posttrain/pipeline.py``)."""
+
+    specialists: dict[str, StageRecipe] = Field(min_length=1, description="specialist name (its distillation domain) -> its GRPO recipe")
+    distill: StageRecipe = Field(description="the distillation recipe; the pipeline fills in its distill.domains and distill.teachers")
+    teacher_modes: list[str] | None = Field(None, description="modes each specialist teaches in; default: the modes it trained in")
+    eval_suites: list[str] | None = Field(None, description="held-out suites for the final student; default: each domain's own")
+    parallel_specialists: bool = Field(True, description="run specialists side by side when the cluster has room (a placement group each)")
+
+
 class Recipe(Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -217,6 +232,7 @@ class Recipe(Strict):
     task: TaskConfig | None = Field(None, description="a GRPO specialist run")
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
     distill: DistillConfig | None = Field(None, description="an on-policy distillation run")
+    pipeline: PipelineConfig | None = Field(None, description="a whole pipeline: specialists, teachers, distillation, eval")
     eval: EvalConfig = Field(default_factory=EvalConfig)
     modes: dict[str, EffortMode] = Field(default_factory=dict, description="reasoning-effort modes by name")
     thinking_tags: ThinkingTags = Field(default_factory=ThinkingTags)
@@ -226,12 +242,17 @@ class Recipe(Strict):
     def _default_mode(cls, data):
         from .modes import with_default_modes
 
+        if isinstance(data, dict) and data.get("pipeline") is not None and not data.get("modes"):
+            raise ValueError("a pipeline recipe defines `modes:` once, for every stage")
         return with_default_modes(data)
 
     @model_validator(mode="after")
     def _fits_context(self) -> Recipe:
-        if (self.task is None) == (self.distill is None):
-            raise ValueError("a recipe has exactly one of `task` (GRPO specialist) or `distill` (on-policy distillation)")
+        if sum(section is not None for section in (self.task, self.distill, self.pipeline)) != 1:
+            raise ValueError(
+                "a recipe has exactly one of `task` (GRPO specialist), `distill` (on-policy distillation) "
+                "or `pipeline` (specialists -> distillation -> eval)"
+            )
         if self.grpo.max_tokens >= self.model.max_model_len:
             raise ValueError(
                 f"grpo.max_tokens ({self.grpo.max_tokens}) leaves no room for the prompt in "
@@ -279,6 +300,11 @@ def _index(node: list, part: str, override: str) -> int:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    return validate_recipe(read_recipe_data(path, overrides), origin=str(path))
+
+
+def read_recipe_data(path: str | Path, overrides: list[str] = ()) -> dict:
+    """A recipe file's raw data with ``overrides`` applied (not validated)."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file {str(path)!r} does not exist")
@@ -288,17 +314,18 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise RecipeError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: the top level must be a mapping of sections")
-    return validate_recipe(apply_overrides(data, list(overrides)), origin=str(path))
+    return apply_overrides(data, list(overrides))
 
 
-def validate_recipe(data: dict, origin: str = "recipe") -> Recipe:
+def validate_recipe(data: dict, origin: str = "recipe", check_files: bool = True) -> Recipe:
+    """``check_files=False`` skips the teachers' checkpoints (a pipeline validates its distill stage before they exist)."""
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
         raise RecipeError(_format_errors(origin, error)) from None
     from .modes import check_modes
 
-    problems = check_modes(recipe) + _check_resolvable(recipe)
+    problems = check_modes(recipe) + _check_resolvable(recipe, check_files)
     if problems:
         raise RecipeError(f"{origin}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
     return recipe
@@ -313,7 +340,7 @@ def _format_errors(origin: str, error: ValidationError) -> str:
     return f"{origin}: {len(lines)} problem(s)\n" + "\n".join(lines)
 
 
-def _check_resolvable(recipe: Recipe) -> list[str]:
+def _check_resolvable(recipe: Recipe, check_files: bool = True) -> list[str]:
     """What the schema cannot see: models on disk, reward names."""
     from rewards import RewardNotFound, resolve_reward
 
@@ -332,10 +359,14 @@ def _check_resolvable(recipe: Recipe) -> list[str]:
                 resolve_reward(spec.name)
             except RewardNotFound as error:
                 problems.append(f"{where}.rewards.{index}.name: {error}")
-    if recipe.distill and not problems:
+    if recipe.distill and not problems and check_files:
         from distill.teachers import check_teachers
 
         problems += check_teachers(recipe.distill.teachers, recipe.model.path)
+    if recipe.pipeline and not problems:
+        from .pipeline import check_pipeline
+
+        problems += check_pipeline(recipe)
     return problems
 
 

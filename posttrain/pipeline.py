@@ -1,0 +1,178 @@
+"""The whole recipe in one driver: specialists -> teachers -> on-policy distillation -> eval.
+
+A pipeline recipe names a GRPO recipe per specialist and one distillation
+recipe; the pipeline imposes what must agree across stages (the base model,
+the effort modes, the thinking tags, the seed) and fills in the distillation's
+domains (each specialist's task) and teachers (each specialist's final
+checkpoint, in each mode it teaches). Every stage is validated before any work
+starts. Run directory::
+
+    runs/<name>/
+      recipe.yaml, pipeline.json        the pipeline recipe; each stage's status, seconds, outputs
+      stages/specialist-<name>/         a GRPO run directory per specialist
+      stages/teachers.json              the teacher registry the distillation used
+      stages/distill/                   the on-policy distillation run directory
+      stages/eval/                      the student on every domain's held-out suites
+
+Each stage runs as a Ray task inside its own placement group (the CPUs/GPUs of
+its engine, trainer and teacher pool), so specialists run side by side when the
+cluster has room and queue when it does not, on one machine or many. Re-running
+skips finished stages and resumes an interrupted one from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from .recipe import Recipe, RecipeError, read_recipe_data, validate_recipe
+from .stages import StageLedger, StageFailed, run_in_placement_group
+
+log = logging.getLogger("posttrain.pipeline")
+
+
+def stages_dir(recipe: Recipe) -> Path:
+    return Path(recipe.run.output_dir) / recipe.run.name / "stages"
+
+
+def _stage_data(recipe: Recipe, path: str, overrides: list[str], name: str) -> dict:
+    """A stage recipe's data with the pipeline's shared settings imposed."""
+    data = read_recipe_data(path, overrides)
+    shared = recipe.model_dump(mode="json")
+    data["model"] = {**(data.get("model") or {}), "path": recipe.model.path}
+    data["run"] = {
+        **(data.get("run") or {}), "name": name, "output_dir": str(stages_dir(recipe)),
+        "seed": recipe.run.seed, "resume": recipe.run.resume,
+    }
+    data["modes"], data["thinking_tags"] = shared["modes"], shared["thinking_tags"]
+    return data
+
+
+def specialist_recipes(recipe: Recipe) -> dict[str, Recipe]:
+    """Each specialist's validated GRPO recipe; ``RecipeError`` names the specialist and the field."""
+    recipes, problems = {}, []
+    for name, stage in recipe.pipeline.specialists.items():
+        where = f"pipeline.specialists.{name} ({stage.recipe})"
+        try:
+            data = _stage_data(recipe, stage.recipe, stage.overrides, f"specialist-{name}")
+            if not data.get("task"):
+                raise RecipeError("has no `task:` section (a specialist is a GRPO recipe)")
+            recipes[name] = validate_recipe(data, origin=where)
+        except RecipeError as error:
+            problems.append(str(error) if str(error).startswith(where) else f"{where}: {error}")
+    if problems:
+        raise RecipeError("\n".join(problems))
+    return recipes
+
+
+def teacher_entries(recipe: Recipe, specialists: dict[str, Recipe]) -> list[dict]:
+    """One teacher per (specialist, mode): the specialist's final checkpoint, prompted in that mode."""
+    entries = []
+    for name, specialist in specialists.items():
+        checkpoint = stages_dir(recipe) / f"specialist-{name}" / "checkpoints" / f"step_{specialist.grpo.steps}"
+        for mode in recipe.pipeline.teacher_modes or list(specialist.task.modes):
+            entries.append({"domain": name, "mode": mode, "path": str(checkpoint.resolve())})
+    return entries
+
+
+def distill_recipe(recipe: Recipe, specialists: dict[str, Recipe], check_files: bool = True) -> Recipe:
+    stage = recipe.pipeline.distill
+    where = f"pipeline.distill ({stage.recipe})"
+    data = _stage_data(recipe, stage.recipe, stage.overrides, "distill")
+    if not isinstance(data.get("distill"), dict):
+        raise RecipeError(f"{where}: has no `distill:` section")
+    data["distill"]["domains"] = {name: s.task.model_dump(mode="json") for name, s in specialists.items()}
+    data["distill"]["teachers"] = teacher_entries(recipe, specialists)
+    return validate_recipe(data, origin=where, check_files=check_files)
+
+
+def check_pipeline(recipe: Recipe) -> list[str]:
+    """Every stage's recipe validates (teachers' checkpoints excepted: they do not exist yet)."""
+    try:
+        specialists = specialist_recipes(recipe)
+        distill_recipe(recipe, specialists, check_files=False)
+    except RecipeError as error:
+        return [str(error)]
+    for index, mode in enumerate(recipe.pipeline.teacher_modes or []):
+        if mode not in recipe.modes:
+            return [f"pipeline.teacher_modes.{index}: no mode named {mode!r} (defined: {sorted(recipe.modes)})"]
+    return []
+
+
+def run_pipeline(recipe: Recipe) -> dict:
+    """Run (or resume) every stage; returns ``{stage: outputs}``. Raises ``StageFailed`` naming the stage."""
+    ledger = StageLedger(Path(recipe.run.output_dir) / recipe.run.name / "pipeline.json")
+    specialists = specialist_recipes(recipe)
+    results = {"specialists": _run_specialists(recipe, specialists, ledger)}
+    results["teachers"] = ledger.run("teachers", lambda: _register_teachers(recipe, specialists))
+    student = distill_recipe(recipe, specialists)
+    results["distill"] = ledger.run("distill", lambda: run_in_placement_group(_run_stage, student, _resources(student)))
+    eval_job = lambda: run_in_placement_group(_evaluate_student, recipe, _resources(recipe, trainer=False), results)  # noqa: E731
+    results["eval"] = ledger.run("eval", eval_job)
+    return results
+
+
+def _run_specialists(recipe: Recipe, specialists: dict[str, Recipe], ledger: StageLedger) -> dict:
+    names = {f"specialist-{name}": specialist for name, specialist in specialists.items()}
+    if recipe.pipeline.parallel_specialists:
+        return ledger.run_parallel({stage: (_run_stage, spec, _resources(spec)) for stage, spec in names.items()})
+    return {stage: ledger.run(stage, lambda s=spec: run_in_placement_group(_run_stage, s, _resources(s)))
+            for stage, spec in names.items()}
+
+
+def _resources(recipe: Recipe, trainer: bool = True) -> dict[str, float]:
+    """The placement-group bundle a stage needs: its engine, trainer and (distillation) teacher pool."""
+    cpus, gpus = recipe.engine.num_cpus, recipe.engine.num_gpus
+    if trainer:
+        cpus, gpus = cpus + recipe.trainer.num_cpus, gpus + recipe.trainer.num_gpus
+    if trainer and recipe.distill:
+        cpus, gpus = cpus + recipe.distill.teacher_num_cpus, gpus + recipe.distill.teacher_num_gpus
+    return {"CPU": cpus} | ({"GPU": gpus} if gpus else {})
+
+
+def _run_stage(recipe: Recipe) -> dict:
+    """A specialist or distillation run (inside its placement group); JSON-able outputs."""
+    import ray
+
+    from .cli import train_recipe
+
+    results = train_recipe(recipe)
+    return {
+        "run_dir": str(Path(recipe.run.output_dir) / recipe.run.name), "checkpoint": results.get("checkpoint"),
+        "after": _headline(results.get("after")), "node": ray.get_runtime_context().get_node_id(),
+    }
+
+
+def _headline(report: dict | None) -> dict:
+    if not report:
+        return {}
+    if "recovery" in report:
+        return {name: row["student"] for name, row in report["recovery"].items()}
+    return {name: entry["accuracy"] for name, entry in report.items() if isinstance(entry, dict) and "accuracy" in entry}
+
+
+def _register_teachers(recipe: Recipe, specialists: dict[str, Recipe]) -> dict:
+    """Check every teacher checkpoint against the student (tokenizer, vocabulary, head) and record the registry."""
+    student = distill_recipe(recipe, specialists, check_files=True)  # raises RecipeError naming a bad teacher
+    target = stages_dir(recipe) / "teachers.json"
+    teachers = [t.model_dump(mode="json") for t in student.distill.teachers]
+    target.write_text(json.dumps(teachers, indent=2))
+    log.info("teacher registry: %d teachers (%s)", len(teachers), ", ".join(f"{t['domain']}/{t['mode']}" for t in teachers))
+    return {"registry": str(target), "teachers": len(teachers)}
+
+
+def _evaluate_student(recipe: Recipe, results: dict) -> dict:
+    """The distilled student on each specialist's held-out suites, in each teacher mode, beside its specialist."""
+    from specialists.student_eval import evaluate_student
+
+    specialists = specialist_recipes(recipe)
+    return evaluate_student(recipe, specialists, results["distill"]["checkpoint"], stages_dir(recipe) / "eval")
+
+
+def stage_seconds(ledger_path: Path) -> dict[str, float]:
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+    return {name: entry.get("seconds", 0.0) for name, entry in ledger.items()}
+
+
+__all__ = ["StageFailed", "check_pipeline", "distill_recipe", "run_pipeline", "specialist_recipes", "stage_seconds"]

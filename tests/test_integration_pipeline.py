@@ -1,0 +1,112 @@
+"""The whole pipeline -- specialists, teachers, distillation, eval -- submitted with
+``ray job submit`` to a two-node Ray cluster started on this machine with ``ray start``.
+
+The cluster's processes live in their own session, so stopping it kills exactly
+them (``ray stop`` would stop every Ray instance on the machine).
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+RAY = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    """A head and a worker node (2 logical CPUs each); yields the dashboard (job server) address."""
+    gcs_port, dashboard_port = _free_port(), _free_port()
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    common = ["--num-cpus=2", "--block", "--disable-usage-stats"]
+    head = subprocess.Popen(
+        [RAY, "start", "--head", f"--port={gcs_port}", "--include-dashboard=true",
+         f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", *common],
+        env=env, start_new_session=True, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
+    )
+    nodes = [head]
+    try:
+        address = f"http://127.0.0.1:{dashboard_port}"
+        _wait_for(lambda: _cli(["status", f"--address=127.0.0.1:{gcs_port}"], env).returncode == 0, 120, "head")
+        nodes.append(subprocess.Popen(
+            [RAY, "start", f"--address=127.0.0.1:{gcs_port}", *common],
+            env=env, start_new_session=True, stdout=open(tmp_path / "node.log", "w"), stderr=subprocess.STDOUT,
+        ))
+        _wait_for(lambda: _alive_nodes(gcs_port, env) == 2, 120, "second node")
+        _wait_for(lambda: _cli(["job", "list", f"--address={address}"], env).returncode == 0, 120, "job server")
+        yield address, env
+    finally:
+        for process in reversed(nodes):
+            _stop(process)
+
+
+def _cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _alive_nodes(gcs_port: int, env: dict) -> int:
+    script = f"import ray; ray.init(address='127.0.0.1:{gcs_port}'); print(sum(n['Alive'] for n in ray.nodes()))"
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    return int(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else 0
+
+
+def _wait_for(condition, seconds: float, what: str) -> None:
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, f"{what} not up within {seconds} s"
+        time.sleep(2)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_pipeline_runs_every_stage_through_ray_job_submit_on_two_nodes(two_node_cluster, tmp_path, tiny_model_path):
+    address, env = two_node_cluster
+    output = tmp_path / "runs"
+    submitted = _cli([
+        "job", "submit", f"--address={address}", "--working-dir", str(REPO), "--no-wait", "--",
+        "python", "-m", "posttrain.cli", "run", "tests/recipes/tiny_pipeline.yaml", f"run.output_dir={output}",
+    ], env)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = next(word for word in submitted.stdout.split() if word.startswith("raysubmit_"))
+    deadline = time.time() + 900
+    while (status := _cli(["job", "status", f"--address={address}", job_id], env).stdout) and not any(
+        final in status for final in ("SUCCEEDED", "FAILED", "STOPPED")
+    ):
+        assert time.time() < deadline, "the pipeline job did not finish within 15 minutes"
+        time.sleep(5)
+    logs = _cli(["job", "logs", f"--address={address}", job_id], env).stdout
+    assert "SUCCEEDED" in status, logs[-4000:]
+
+    ledger = json.loads((output / "tiny_pipeline" / "pipeline.json").read_text())
+    stages = ["specialist-add", "specialist-sub", "teachers", "distill", "eval"]
+    assert [name for name in stages if ledger[name]["status"] == "done"] == stages
+    nodes = {ledger[f"specialist-{name}"]["outputs"]["node"] for name in ("add", "sub")}
+    assert len(nodes) == 2, "the two specialists (2 CPUs each) should run side by side, one per node"
+    assert ledger["teachers"]["outputs"]["teachers"] == 4
+    table = ledger["eval"]["outputs"]["table"]
+    assert {(row["domain"], row["mode"]) for row in table} == {(d, m) for d in ("add", "sub") for m in ("non_think", "high")}
+    assert all(row["specialist"] is not None and row["student"] is not None for row in table)
+    assert "stage eval" in logs
