@@ -1,4 +1,4 @@
-"""``posttrain eval CHECKPOINT --suites humaneval,gsm8k [--modes ...] [--recipe R] [key=value ...]``.
+"""``posttrain eval CHECKPOINT --suites humaneval,gsm8k [--modes ...] [--recipe R] [--set key=value ...]``.
 
 Evaluates any model on named held-out suites through the Task interface (each
 suite scored by its own scorer, ``specialists/eval.py:evaluate_suites``):
@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default=None, help="base model of a LoRA checkpoint (default: the adapter's record)")
     parser.add_argument("--output", type=Path, default=None, help="default: runs/eval-<checkpoint name>")
     parser.add_argument("--tag", default="eval", help="results go to OUTPUT/eval/<tag>.json")
-    parser.add_argument("overrides", nargs="*", help="dotted recipe overrides, e.g. eval.pass_k=1 model.max_model_len=2048")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="dotted recipe overrides, e.g. --set eval.pass_k=1 model.max_model_len=2048")
 
 
 def run_eval_command(args) -> int:
@@ -91,16 +93,21 @@ def plan(args, checkpoint: str):
     if args.num_problems is not None:
         data.setdefault("eval", {})["num_problems"] = args.num_problems
     own = _recipe_tasks(data)
-    names = args.suites.split(",") if args.suites else (data.get("eval") or {}).get("suites")
+    names = split_names(args.suites) if args.suites else (data.get("eval") or {}).get("suites")
     if not names and not own:
         raise ValueError("name the suites (--suites gsm8k,humaneval,...) or give a --recipe whose task has suites")
-    groups = suite_task_configs([n.strip() for n in names if n.strip()] if names else None, own)
+    groups = suite_task_configs(names or None, own)
     if not own:
         data["task"] = groups[0][0]
     data.setdefault("model", {})["path"] = _validation_model(checkpoint, args.base)
     recipe = validate_recipe(data, origin=args.recipe or "eval defaults")
     _modes(recipe, args.modes)  # unknown modes fail here, before the engine starts
     return recipe, groups
+
+
+def split_names(text: str) -> list[str]:
+    """Comma-separated names; commas inside parentheses belong to a name (``arithmetic(max=15,ops=+-,terms=2)``)."""
+    return [name.strip() for name in re.split(r",(?![^()]*\))", text) if name.strip()]
 
 
 def _recipe_tasks(data: dict) -> list[dict]:
@@ -115,22 +122,24 @@ def suite_task_configs(names: list[str] | None, own: list[dict]) -> list[tuple[d
     if names is None:
         return held
     groups: dict[str, tuple[dict, list[str]]] = {}
+    by_domain: dict[str, dict] = {}  # suites found by name: one task per domain, its sources merged
     missing = []
     for name in names:
         cfg = next((cfg for cfg, suites in held if name in suites), None)
-        suites = [name]
-        if cfg is None and (cfg := _registered_config(name)) is not None:
-            suites = _suite_names(cfg)  # built for this suite: all it holds (an alias may name it)
-        if cfg is None:
+        if cfg is not None:
+            group = groups.setdefault(json.dumps(cfg, sort_keys=True), (cfg, []))
+            group[1].extend([name] if name not in group[1] else [])
+        elif (found := _registered_config(name)) is not None:
+            merged = by_domain.setdefault(found["domain"], {**found, "sources": []})
+            merged["sources"] += [s for s in found["sources"] if s not in merged["sources"]]
+        else:
             missing.append(name)
-            continue
-        group = groups.setdefault(json.dumps(cfg, sort_keys=True), (cfg, []))
-        group[1].extend(s for s in suites if s not in group[1])
     if missing:
         from specialists.task import task_domains
 
         raise ValueError(f"unknown held-out suite(s) {missing}: no registered task ({', '.join(task_domains())}) has them")
-    return list(groups.values())
+    # a config built from suite names holds exactly those suites (an alias such as `arithmetic` included)
+    return list(groups.values()) + [(cfg, _suite_names(cfg)) for cfg in by_domain.values()]
 
 
 def _suite_names(cfg: dict) -> list[str]:
@@ -172,7 +181,7 @@ def _validation_model(checkpoint: str, base: str | None) -> str:
 
 
 def _modes(recipe, names: str | None) -> dict:
-    chosen = names.split(",") if names else (recipe.eval.modes or list(recipe.task.modes if recipe.task else recipe.modes))
+    chosen = split_names(names) if names else (recipe.eval.modes or list(recipe.task.modes if recipe.task else recipe.modes))
     unknown = [name for name in chosen if name not in recipe.modes]
     if unknown:
         raise ValueError(f"--modes: {unknown} are not modes of the recipe ({sorted(recipe.modes)})")
