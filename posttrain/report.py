@@ -40,6 +40,7 @@ class RunData:
     metrics: list[dict] = field(default_factory=list)
     evals: dict[str, dict] = field(default_factory=dict)  # tag -> eval json (budget sweeps apart)
     sweeps: dict[str, dict] = field(default_factory=dict)  # tag -> budget sweep json
+    student_table: list[dict] = field(default_factory=list)  # a pipeline's eval stage: base / specialist / student
 
 
 def load_run(path: str | Path, name: str | None = None) -> RunData:
@@ -55,9 +56,25 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     for file in sorted((path / "eval").glob("*.json")):
         target = data.sweeps if file.stem.endswith("_budget_sweep") else data.evals
         target[file.stem.removesuffix("_budget_sweep")] = json.loads(file.read_text())
+    _load_student_eval(path, data)
     data.evals = {tag: data.evals[tag] for tag in ordered_tags(data.evals)}
     data.sweeps = {tag: data.sweeps[tag] for tag in ordered_tags(data.sweeps)}
     return data
+
+
+def _load_student_eval(path: Path, data: RunData) -> None:
+    """A pipeline's eval stage: ``table.json`` (rows: domain, suite, mode, base, specialist, student)
+    and one eval json per domain beside it, read as the tag ``student``."""
+    if not (path / "table.json").exists():
+        return
+    data.student_table = json.loads((path / "table.json").read_text())
+    merged = {}
+    for file in sorted(path.glob("*.json")):
+        report = json.loads(file.read_text()) if file.name != "table.json" else {}
+        if isinstance(report, dict) and report and all(isinstance(v, dict) and "accuracy" in v for v in report.values()):
+            merged |= report
+    if merged:
+        data.evals["student"] = merged
 
 
 def ordered_tags(tags) -> list[str]:
@@ -67,6 +84,8 @@ def ordered_tags(tags) -> list[str]:
 def run_type(data: RunData) -> str:
     if data.recipe.get("distill") or any("student" in e for e in data.evals.values()):
         return "distill"
+    if data.student_table:
+        return "student_eval"
     if data.recipe.get("task") or data.metrics:
         return "grpo"
     return "eval" if data.evals else "other"
@@ -208,6 +227,8 @@ def summarize_run(data: RunData) -> dict:
     recovery = next((e["recovery"] for e in reversed(data.evals.values()) if "recovery" in e), None)
     if recovery is not None:
         summary["recovery"] = recovery
+    if data.student_table:
+        summary["student_table"] = data.student_table
     return summary
 
 
@@ -228,24 +249,44 @@ def summarize_stages(stages: list[tuple[str, Path]], meta: dict | None = None) -
 
 
 def discover(path: Path) -> tuple[list[tuple[str, Path]], dict]:
-    """A run directory -> one stage; a pipeline directory -> its stages (pipeline.json order, else stages/)."""
+    """A run directory -> one stage; a pipeline directory -> its stages (pipeline.json order, then
+    any other directory under stages/)."""
     pipeline_file, stage_root = path / "pipeline.json", path / "stages"
     if not pipeline_file.exists() and not stage_root.is_dir():
         return [(path.name, path)], {}
     meta = {}
-    if pipeline_file.exists():
-        listed = json.loads(pipeline_file.read_text()).get("stages", [])
-        if isinstance(listed, dict):
-            listed = [{"name": name, **info} for name, info in listed.items()]
-        for info in listed:
-            where = info.get("run_dir") or info.get("path") or info.get("dir")
-            meta[info["name"]] = {
-                "status": info.get("status", "?"),
-                "wall_s": next((info[k] for k in ("wall_s", "wall_time_s", "seconds", "elapsed_s") if k in info), None),
-                "path": (path / where) if where else stage_root / info["name"],
-            }
-    names = list(meta) or sorted(p.name for p in stage_root.iterdir() if p.is_dir())
-    return [(name, meta.get(name, {}).get("path", stage_root / name)) for name in names], meta
+    for name, info in _ledger(pipeline_file).items():
+        outputs = info.get("outputs") if isinstance(info.get("outputs"), dict) else {}
+        where = info.get("run_dir") or info.get("path") or outputs.get("run_dir")
+        meta[name] = {
+            "status": info.get("status", "?"),
+            "wall_s": next((info[k] for k in ("wall_s", "seconds", "wall_time_s", "elapsed_s") if k in info), None),
+            "path": _stage_path(path, stage_root, name, where),
+        }
+    extra = sorted(p.name for p in stage_root.iterdir() if p.is_dir()) if stage_root.is_dir() else []
+    extra = [name for name in extra if all(Path(info["path"]).name != name for info in meta.values())]
+    return [(name, Path(info["path"])) for name, info in meta.items()] + [(name, stage_root / name) for name in extra], meta
+
+
+def _ledger(pipeline_file: Path) -> dict[str, dict]:
+    """``{stage: {status, seconds, outputs}}`` (the pipeline driver's ledger), or ``{"stages": [...]}``."""
+    if not pipeline_file.exists():
+        return {}
+    data = json.loads(pipeline_file.read_text())
+    listed = data.get("stages", data) if isinstance(data, dict) else data
+    if isinstance(listed, list):
+        return {info["name"]: info for info in listed}
+    return {name: info for name, info in listed.items() if isinstance(info, dict)}
+
+
+def _stage_path(root: Path, stage_root: Path, name: str, where: str | None) -> Path:
+    """Where a stage's run directory is: as recorded (absolute, or relative to the pipeline or the
+    working directory), else ``stages/<its basename or the stage name>``."""
+    if where:
+        for candidate in (Path(where), root / where, stage_root / Path(where).name):
+            if candidate.is_dir():
+                return candidate
+    return stage_root / name
 
 
 def build_report(paths: list[Path]) -> tuple[dict, list[RunData]]:

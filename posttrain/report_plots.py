@@ -1,7 +1,7 @@
 """The report's plots (matplotlib, Agg), each returned as PNG bytes; a plot with no data is left out.
 
 Names are ``<section index>_<plot>`` (``0_curves``, ``0_scores``, ``0_tokens``,
-``0_budget``, ``0_recovery``) plus ``stages`` for a pipeline's wall times.
+``0_budget``, ``0_recovery``, ``0_student``) plus ``stages`` for a pipeline's wall times.
 """
 
 from __future__ import annotations
@@ -129,20 +129,34 @@ def budget_curves(sweeps: dict[str, dict]) -> bytes | None:
     return _png(figure)
 
 
-def recovery(table: dict[str, dict]) -> bytes | None:
-    if not table:
+def grouped_bars(names: list[str], series: list[tuple[str, list]], ylabel: str, title: str) -> bytes | None:
+    if not names:
         return None
     plt = _pyplot()
-    names = list(table)
-    width = 0.27
+    width = 0.8 / len(series)
     figure, axis = plt.subplots(figsize=(max(6, 0.8 * len(names)), 3.6))
-    for index, (part, label) in enumerate((("base", "student before"), ("teacher", "teacher"), ("student", "student after"))):
-        axis.bar([i + (index - 1) * width for i in range(len(names))], [table[n][part] for n in names], width, label=label)
-    axis.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    axis.set(ylabel="held-out accuracy (greedy)", title="student vs teachers, on each teacher's suite")
+    for index, (label, values) in enumerate(series):
+        offset = (index - (len(series) - 1) / 2) * width
+        axis.bar([i + offset for i in range(len(names))], [v or 0.0 for v in values], width, label=label)
+    axis.set_xticks(range(len(names)), names, rotation=45 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center", fontsize=8)
+    axis.set(ylabel=ylabel, title=title)
     axis.legend(fontsize=8)
     axis.grid(axis="y", alpha=0.3)
     return _png(figure)
+
+
+def recovery(table: dict[str, dict]) -> bytes | None:
+    names = list(table)
+    series = [(label, [table[n][part] for n in names])
+              for part, label in (("base", "student before"), ("teacher", "teacher"), ("student", "student after"))]
+    return grouped_bars(names, series, "held-out accuracy (greedy)", "student vs teachers, on each teacher's suite")
+
+
+def student_vs_specialists(rows: list[dict]) -> bytes | None:
+    names = [f"{r['suite']}/{r['mode']}" for r in rows]
+    series = [(label, [r.get(part) for r in rows]) for part, label in
+              (("base", "base"), ("specialist", "specialist"), ("student", "distilled student"))]
+    return grouped_bars(names, series, "held-out score (greedy)", "student vs specialists vs base")
 
 
 def stage_times(stages: list[dict]) -> bytes | None:
@@ -169,5 +183,6 @@ def all_figures(report: dict, runs: list) -> dict[str, bytes]:
             f"{index}_tokens": token_use(section["token_use"], section["train_token_use"]),
             f"{index}_budget": budget_curves(section["budget_sweeps"]),
             f"{index}_recovery": recovery(section.get("recovery") or {}),
+            f"{index}_student": student_vs_specialists(section.get("student_table") or []),
         }
     return {name: png for name, png in figures.items() if png is not None}

@@ -89,6 +89,14 @@ def recovery_table(section: dict) -> Table:
     return header, rows
 
 
+def student_table(section: dict) -> Table:
+    header = ["domain", "suite", "mode", "base", "specialist", "student", "student think+answer tok"]
+    rows = [[str(r.get("domain")), r["suite"], r["mode"], _num(r.get("base")), _num(r.get("specialist")), _num(r.get("student")),
+             f"{r.get('student_thinking_tokens', 0):.0f}+{r.get('student_answer_tokens', 0):.0f}"]
+            for r in section.get("student_table", [])]
+    return header, rows
+
+
 def stage_table(report: dict) -> Table:
     rows = []
     for stage in report["stages"]:
@@ -104,6 +112,8 @@ def section_headline(section: dict) -> str:
     for row in section["scores"]:
         if "delta" in row:
             parts.append(f"{row['suite']}/{row['mode']} {row['before']:.3f} -> {row['after']:.3f}")
+    for row in section.get("student_table", []):
+        parts.append(f"student {row['suite']}/{row['mode']} {_num(row.get('student'))} (specialist {_num(row.get('specialist'))})")
     recovered = [r["recovered"] for r in section.get("recovery", {}).values() if r.get("recovered") is not None]
     if recovered:
         parts.append(f"mean recovered {sum(recovered) / len(recovered):.0%} over {len(recovered)} teachers")
@@ -130,6 +140,7 @@ def _section_parts(section: dict, index: int) -> list[tuple[str, Table | None, s
         ("token use per mode", token_table(section), f"{index}_tokens"),
         ("accuracy vs thinking budget", sweep_table(section) if section["budget_sweeps"] else None, f"{index}_budget"),
         ("student vs teachers", recovery_table(section) if section.get("recovery") else None, f"{index}_recovery"),
+        ("student vs specialists", student_table(section) if section.get("student_table") else None, f"{index}_student"),
     ]
     return parts
 

@@ -74,26 +74,43 @@ def test_pre_modes_eval_files_read_as_the_default_mode(rundirs):
     assert row["after pass@4"] == pytest.approx(0.6)
 
 
+def _pipeline(rundirs: Path, root: Path) -> Path:
+    """A pipeline directory as the driver writes it: the ledger, a run directory per stage, the eval stage."""
+    stages = root / "stages"
+    shutil.copytree(rundirs / "grpo_modes", stages / "specialist-add")
+    shutil.copytree(rundirs / "distill", stages / "distill")
+    (stages / "teachers.json").write_text("[]")
+    after = json.loads((rundirs / "grpo_modes" / "eval" / "after.json").read_text())
+    (stages / "eval").mkdir()
+    (stages / "eval" / "add.json").write_text(json.dumps(after))
+    table = [{"domain": "add", "suite": e["suite"], "mode": e["mode"], "base": 0.25, "specialist": 0.25,
+              "student": e["accuracy"], "student_thinking_tokens": 5.0, "student_answer_tokens": 9.0} for e in after.values()]
+    (stages / "eval" / "table.json").write_text(json.dumps(table))
+    ledger = {
+        "specialist-add": {"status": "done", "seconds": 198.0, "outputs": {"run_dir": "runs/pipe/stages/specialist-add"}},
+        "teachers": {"status": "done", "seconds": 1.5, "outputs": {"registry": "runs/pipe/stages/teachers.json"}},
+        "distill": {"status": "done", "seconds": 4200.0, "outputs": {"run_dir": "runs/pipe/stages/distill"}},
+        "eval": {"status": "running", "outputs": {}},
+    }
+    (root / "pipeline.json").write_text(json.dumps(ledger))
+    return root
+
+
 def test_pipeline_directory_gives_a_section_per_stage_and_stage_times(rundirs, tmp_path):
-    pipeline = tmp_path / "pipe"
-    (pipeline / "stages").mkdir(parents=True)
-    shutil.copytree(rundirs / "grpo_modes", pipeline / "stages" / "math")
-    shutil.copytree(rundirs / "distill", pipeline / "stages" / "distill")
-    stages = [
-        {"name": "math", "status": "done", "wall_s": 198.0},
-        {"name": "teachers", "status": "done", "wall_s": 1.5},
-        {"name": "distill", "status": "done", "wall_s": 4200.0},
-        {"name": "eval", "status": "pending"},
-    ]
-    (pipeline / "pipeline.json").write_text(json.dumps({"stages": stages}))
+    pipeline = _pipeline(rundirs, tmp_path / "pipe")
     assert cli_main(["report", str(pipeline)]) == 0
     report = json.loads((pipeline / "report.json").read_text())
     assert report["pipeline"] is True
-    assert [s["name"] for s in report["sections"]] == ["math", "distill"]
+    assert [s["name"] for s in report["sections"]] == ["specialist-add", "distill", "eval"]
     table = {row["stage"]: row for row in report["stages"]}
-    assert table["math"]["wall_s"] == 198.0 and table["eval"]["status"] == "pending"
+    assert table["specialist-add"]["wall_s"] == 198.0 and table["eval"]["status"] == "running"
+    assert table["teachers"]["status"] == "done"
+    student = report["sections"][2]
+    assert student["type"] == "student_eval" and len(student["student_table"]) == 2
+    assert student["eval_tags"] == ["student"] and {r["mode"] for r in student["scores"]} == {"non_think", "high"}
     page = (pipeline / "report.html").read_text()
-    assert "<h2>stages</h2>" in page and len(_images(page)) == 1 + 4 + 4
+    assert "<h2>stages</h2>" in page and "student vs specialists" in page
+    assert len(_images(page)) == 1 + 4 + 4 + 3  # stages; GRPO; distill; eval stage: scores, tokens, student
     markdown = (pipeline / "report.md").read_text()
     assert "| distill | done | 70.0 min |" in markdown
 
