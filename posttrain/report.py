@@ -324,6 +324,14 @@ def write_report(report: dict, runs: list[RunData], out: Path, formats: list[str
     return written
 
 
+def report_dirs(paths: list[str | Path], out: Path | None = None, formats=("html", "md")) -> list[Path]:
+    """Build and write the report of ``paths`` (a run or pipeline directory, or several) into ``out``
+    (default: the one directory given); returns the files written. For drivers: the end of a run."""
+    paths = [Path(p) for p in paths]
+    report, runs = build_report(paths)
+    return write_report(report, runs, out or (paths[0] if len(paths) == 1 else Path("report")), list(formats))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="posttrain report", description="JSON + HTML/Markdown report of run directories")
     add_arguments(parser)

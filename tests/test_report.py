@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from posttrain.cli import main as cli_main
-from posttrain.report import build_report, discover, summarize_stages
+from posttrain.report import build_report, discover, report_dirs, summarize_stages
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rundirs"
 
@@ -68,6 +68,8 @@ def test_distill_run_report_has_the_recovery_table(rundirs):
 
 
 def test_pre_modes_eval_files_read_as_the_default_mode(rundirs):
+    written = report_dirs([rundirs / "grpo_premodes"], formats=("md",))
+    assert [p.name for p in written] == ["report.json", "report.md"]
     report, _ = build_report([rundirs / "grpo_premodes"])
     (row,) = report["sections"][0]["scores"]
     assert row["mode"] == "default" and row["before"] < row["after"]
