@@ -190,6 +190,9 @@ def time_summary(data: RunData) -> dict:
                 phases[key.removeprefix("time/")] = phases.get(key.removeprefix("time/"), 0.0) + value
     steps_s = sum(row.get("time/step", 0.0) for row in data.metrics)
     written = [p.stat().st_mtime for p in data.path.rglob("*") if p.is_file() and not p.name.startswith("report")]
+    info = data.path / "eval_info.json"  # `posttrain eval` output: its own wall time
+    if info.exists() and (seconds := json.loads(info.read_text()).get("seconds")) is not None:
+        written = [0.0, seconds]
     return {
         "train_s": steps_s,
         "mean_step_s": steps_s / len(data.metrics) if data.metrics else None,

@@ -109,9 +109,12 @@ def section_headline(section: dict) -> str:
     parts = []
     if train := section.get("train"):
         parts.append(f"{train['metric']} {train['first_quarter']:.3f} -> {train['last_quarter']:.3f}")
+    last = section["eval_tags"][-1] if section["eval_tags"] else None
     for row in section["scores"]:
         if "delta" in row:
             parts.append(f"{row['suite']}/{row['mode']} {row['before']:.3f} -> {row['after']:.3f}")
+        elif last in row and not section.get("student_table"):
+            parts.append(f"{row['suite']}/{row['mode']} {last} {row[last]:.3f}")
     for row in section.get("student_table", []):
         parts.append(f"student {row['suite']}/{row['mode']} {_num(row.get('student'))} (specialist {_num(row.get('specialist'))})")
     recovered = [r["recovered"] for r in section.get("recovery", {}).values() if r.get("recovered") is not None]
