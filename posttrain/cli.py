@@ -1,4 +1,5 @@
-"""``posttrain`` command line: ``posttrain run RECIPE [key=value ...]``."""
+"""``posttrain`` command line: ``posttrain run RECIPE [key=value ...]``, ``check``, ``fields``,
+``eval CHECKPOINT --suites ...`` (posttrain/evaluate.py), ``report RUN_DIR ...`` (posttrain/report.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("recipe")
     check.add_argument("overrides", nargs="*")
     sub.add_parser("fields", help="print the reference of every recipe field (Markdown)")
+    from .evaluate import add_arguments as add_eval_arguments
+    from .report import add_arguments as add_report_arguments
+
+    add_report_arguments(sub.add_parser("report", help="JSON + HTML/Markdown report of run directories"))
+    add_eval_arguments(sub.add_parser("eval", help="evaluate a checkpoint or model on held-out suites"))
     args = parser.parse_args(argv)
+    if args.command in ("report", "eval"):
+        from .evaluate import run_eval_command
+        from .report import run_report
+
+        return (run_report if args.command == "report" else run_eval_command)(args)
     if args.command == "fields":
         from .fieldref import field_reference
 

@@ -23,11 +23,25 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class WandbSettings(Strict):
+    project: str = Field("posttrain", description="W&B project")
+    entity: str | None = Field(None, description="W&B entity (team or user); default: the logged-in user's")
+    mode: Literal["online", "offline", "disabled"] | None = Field(None, description="default: WANDB_MODE, else online")
+
+
+class MlflowSettings(Strict):
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default: MLFLOW_TRACKING_URI, else a file store `mlruns/` beside the run directories")
+    experiment: str = Field("posttrain", description="MLflow experiment name (created if missing)")
+
+
 class RunConfig(Strict):
     name: str = Field("run", description="run directory name under output_dir")
     output_dir: str = Field("runs", description="where run directories go")
     seed: int = Field(0, description="seeds prompts, sampling and initialisation; a run's steps are a pure function of it")
     resume: bool = Field(True, description="continue from the newest complete checkpoint in the run directory")
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"], description="where step metrics go besides metrics.jsonl; wandb and mlflow need their packages")
+    wandb: WandbSettings = Field(default_factory=WandbSettings, description="used when trackers names wandb")
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings, description="used when trackers names mlflow")
 
 
 class ModelConfig(Strict):
@@ -345,8 +359,9 @@ def _check_resolvable(recipe: Recipe, check_files: bool = True) -> list[str]:
     from rewards import RewardNotFound, resolve_reward
 
     from .models import check_model_spec
+    from .trackers import missing_tracker_packages
 
-    problems = []
+    problems = missing_tracker_packages(recipe.run.trackers)
     if message := check_model_spec(recipe.model.path):
         problems.append(f"model.path: {message}")
     tasks = {"task": recipe.task} if recipe.task else {}

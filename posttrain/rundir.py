@@ -5,7 +5,8 @@ Layout::
     runs/<name>/
       recipe.yaml          the resolved recipe (after overrides), as run
       metrics.jsonl        one JSON object per logged step
-      tb/                  TensorBoard event files
+      tb/                  TensorBoard event files (W&B / MLflow too when ``run.trackers`` names them)
+      trackers.json        the W&B / MLflow run ids, so a resumed run continues the same tracker run
       samples.jsonl        sampled completions with their rewards
       eval/<tag>.json      held-out eval results
       checkpoints/step_N/  safetensors (or the peft adapter) + trainer state
@@ -24,22 +25,25 @@ class RunDir:
     def __init__(self, root: str | Path, name: str):
         self.path = Path(root) / name
         self.path.mkdir(parents=True, exist_ok=True)
-        self._tb = None
+        self._sinks: list | None = None
         self._purge_step: int | None = None
+        self._run_cfg = None  # the recipe's ``run`` section (trackers); None: TensorBoard only
+        self._recipe_dump: dict | None = None
 
     def save_recipe(self, recipe) -> Path:
+        """Snapshot the recipe; its ``run.trackers`` decide where ``log_metrics`` writes."""
+        self._recipe_dump = recipe.model_dump(mode="json")
+        self._run_cfg = recipe.run
         target = self.path / "recipe.yaml"
-        target.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+        target.write_text(yaml.safe_dump(self._recipe_dump, sort_keys=False))
         return target
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         with open(self.path / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps({"step": step, **clean}) + "\n")
-        writer = self._writer()
-        for key, value in clean.items():
-            writer.add_scalar(key, value, step)
-        writer.flush()
+        for sink in self._metric_sinks():
+            sink.log(step, clean)
 
     def log_samples(self, step: int, rows: list[dict]) -> None:
         with open(self.path / "samples.jsonl", "a") as handle:
@@ -81,13 +85,14 @@ class RunDir:
         path = self.path / "metrics.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
-    def _writer(self):
-        if self._tb is None:
-            from torch.utils.tensorboard import SummaryWriter
+    def _metric_sinks(self) -> list:
+        if self._sinks is None:
+            from .trackers import make_sinks
 
-            self._tb = SummaryWriter(str(self.path / "tb"), purge_step=self._purge_step)
-        return self._tb
+            self._sinks = make_sinks(self.path, self._run_cfg, self._recipe_dump, self._purge_step)
+        return self._sinks
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        for sink in self._sinks or []:
+            sink.close()
+        self._sinks = None

@@ -8,6 +8,7 @@ are named after their source (``gsm8k``, ``arithmetic(max=15,ops=+-,terms=2)``).
 from __future__ import annotations
 
 import random
+import re
 
 from datasets import Dataset
 
@@ -66,6 +67,19 @@ class MathTask(Task):
         if missing:
             raise ValueError(f"math has no held-out suite {missing}; it has {sorted(suites)} (one per source)")
         return {name: suites[name] for name in names}
+
+    @classmethod
+    def suite_config(cls, suite: str) -> dict | None:
+        """``gsm8k``; ``arithmetic`` (the default slice) or a slice by its suite name,
+        e.g. ``arithmetic(max=15,ops=+-,terms=2)``."""
+        if suite == "gsm8k":
+            return {"domain": "math", "sources": [{"kind": "gsm8k"}]}
+        if suite == "arithmetic":
+            return {"domain": "math", "sources": [{"kind": "arithmetic"}]}
+        if match := re.fullmatch(r"arithmetic\(max=(\d+),ops=([+\-*]+),terms=(\d+)\)", suite):
+            source = {"kind": "arithmetic", "max_operand": int(match[1]), "ops": match[2], "terms": int(match[3])}
+            return {"domain": "math", "sources": [source]}
+        return None
 
     def score_suite(self, suite: str, problems: list[Problem], completions: list) -> dict[str, list[float]]:
         return {"score": [math_verify("", c.answer_text, answer=p.answer) for p, c in zip(problems, completions)]}

@@ -8,6 +8,7 @@ distillation loop only ever talk to this interface::
     text = task.user_message(problem)              # what the user turn says
     sample = task.reward_sample(problem, completion)  # what the reward functions see
     suites = task.heldout_suites(names, n)         # {suite: [Problem]}, disjoint from training
+    TaskCls.suite_config("humaneval")              # the task config that evaluates a suite by name (posttrain eval)
     scores = task.score_suite(suite, problems, completions)  # the suite's own scorer
 
 ``Problem.fields`` are passed to every reward as keyword arguments (``answer``
@@ -71,6 +72,14 @@ class Task:
 
     def heldout_suites(self, names: list[str] | None, num_problems: int) -> dict[str, list[Problem]]:
         raise NotImplementedError
+
+    @classmethod
+    def suite_config(cls, suite: str) -> dict | None:
+        """A task config (``TaskConfig`` fields, as a dict) whose held-out suites are ``suite``, or None
+        when this domain has no suite of that name. ``posttrain eval --suites`` finds a suite's domain
+        by asking every registered task; without an override it tries each of ``source_kinds`` with
+        its defaults (``posttrain/evaluate.py:suite_task_configs``)."""
+        return None
 
     def score_suite(self, suite: str, problems: list[Problem], completions: list) -> dict[str, list[float]]:
         """Per-completion scores by the suite's own scorer: ``{"score": [...], other metrics...}``.

@@ -1,0 +1,249 @@
+"""``posttrain eval CHECKPOINT --suites humaneval,gsm8k [--modes ...] [--recipe R] [--set key=value ...]``.
+
+Evaluates any model on named held-out suites through the Task interface (each
+suite scored by its own scorer, ``specialists/eval.py:evaluate_suites``):
+
+- CHECKPOINT: a built-in name (``smollm2-135m-instruct``), a model directory or hub
+  id, a checkpoint ``PolicyTrainer.save`` wrote (full weights, or a LoRA adapter:
+  merged into its base in a temporary directory, because vLLM loads full models),
+  or a run directory (its newest checkpoint).
+- a suite's domain is found by name: first the recipe's own task(s), then every
+  registered task's ``suite_config``, then each domain's source kinds with their
+  defaults (``suite_task_configs``).
+- modes, thinking tags, eval settings (pass@k, budget sweep) and the engine come
+  from ``--recipe`` (with overrides) or the defaults: one non-thinking ``default`` mode.
+
+Writes ``OUTPUT/eval/<tag>.json`` (and ``<tag>_budget_sweep.json``) in the run
+directory layout, so ``posttrain report OUTPUT`` reads it, plus ``OUTPUT/eval_info.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .recipe import RecipeError, TaskConfig, apply_overrides, validate_recipe
+
+log = logging.getLogger("posttrain.eval")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="built-in model name, model or checkpoint directory, run directory, or hub id")
+    parser.add_argument("--suites", default=None, help="comma-separated held-out suites; default: the recipe's eval.suites or its task's own")
+    parser.add_argument("--modes", default=None, help="comma-separated recipe modes; default: the recipe's eval modes")
+    parser.add_argument("--recipe", default=None, help="recipe YAML for modes, thinking tags, eval and engine settings")
+    parser.add_argument("--num-problems", type=int, default=None, help="problems per suite (default: eval.num_problems)")
+    parser.add_argument("--base", default=None, help="base model of a LoRA checkpoint (default: the adapter's record)")
+    parser.add_argument("--output", type=Path, default=None, help="default: runs/eval-<checkpoint name>")
+    parser.add_argument("--tag", default="eval", help="results go to OUTPUT/eval/<tag>.json")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="dotted recipe overrides, e.g. --set eval.pass_k=1 model.max_model_len=2048")
+
+
+def run_eval_command(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        checkpoint = find_checkpoint(args.checkpoint)
+        recipe, groups = plan(args, checkpoint)
+    except (RecipeError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    report, sweeps = evaluate_checkpoint(recipe, checkpoint, groups, args.base)
+    out = args.output or Path("runs") / f"eval-{_checkpoint_name(checkpoint)}"
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    (out / "eval" / f"{args.tag}.json").write_text(json.dumps(report, indent=2))
+    for name, sweep in sweeps.items():
+        (out / "eval" / f"{args.tag}{name}_budget_sweep.json").write_text(json.dumps(sweep, indent=2))
+    info = {"checkpoint": checkpoint, "suites": {s: cfg["domain"] for cfg, names in groups for s in names},
+            "modes": list(_modes(recipe, args.modes)), "seconds": time.perf_counter() - started}
+    (out / "eval_info.json").write_text(json.dumps(info, indent=2))
+    print(f"\n{checkpoint} -> {out / 'eval' / (args.tag + '.json')}   wall time: {info['seconds'] / 60:.1f} min")
+    print("\n".join(result_table(report)))
+    return 0
+
+
+def find_checkpoint(spec: str) -> str:
+    """A run directory -> its newest complete checkpoint; anything else as given."""
+    path = Path(spec).expanduser()
+    if path.is_dir() and not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        from .rundir import RunDir
+
+        latest = RunDir(path.parent, path.name).latest_checkpoint()
+        if latest is None:
+            raise FileNotFoundError(f"{spec!r} is neither a model, an adapter checkpoint, nor a run directory with a checkpoint")
+        return str(latest[1])
+    return spec
+
+
+def plan(args, checkpoint: str):
+    """The recipe (``--recipe`` + overrides, or defaults) and the suites grouped by task config."""
+    if args.recipe and not Path(args.recipe).is_file():
+        raise RecipeError(f"recipe file {args.recipe!r} does not exist")
+    data = yaml.safe_load(Path(args.recipe).read_text()) if args.recipe else {}
+    data = apply_overrides(data or {}, list(args.overrides))
+    if args.num_problems is not None:
+        data.setdefault("eval", {})["num_problems"] = args.num_problems
+    own = _recipe_tasks(data)
+    names = split_names(args.suites) if args.suites else (data.get("eval") or {}).get("suites")
+    if not names and not own:
+        raise ValueError("name the suites (--suites gsm8k,humaneval,...) or give a --recipe whose task has suites")
+    groups = suite_task_configs(names or None, own)
+    if not own:
+        data["task"] = groups[0][0]
+    data.setdefault("model", {})["path"] = _validation_model(checkpoint, args.base)
+    recipe = validate_recipe(data, origin=args.recipe or "eval defaults")
+    _modes(recipe, args.modes)  # unknown modes fail here, before the engine starts
+    return recipe, groups
+
+
+def split_names(text: str) -> list[str]:
+    """Comma-separated names; commas inside parentheses belong to a name (``arithmetic(max=15,ops=+-,terms=2)``)."""
+    return [name.strip() for name in re.split(r",(?![^()]*\))", text) if name.strip()]
+
+
+def _recipe_tasks(data: dict) -> list[dict]:
+    tasks = [data["task"]] if isinstance(data.get("task"), dict) else []
+    distill = data.get("distill") if isinstance(data.get("distill"), dict) else {}
+    return tasks + [cfg for cfg in (distill.get("domains") or {}).values() if isinstance(cfg, dict)]
+
+
+def suite_task_configs(names: list[str] | None, own: list[dict]) -> list[tuple[dict, list[str]]]:
+    """``[(task config dict, [suite, ...])]`` covering ``names`` (None: every suite of the recipe's tasks)."""
+    held = [(cfg, _suite_names(cfg)) for cfg in own]
+    if names is None:
+        return held
+    groups: dict[str, tuple[dict, list[str]]] = {}
+    by_domain: dict[str, dict] = {}  # suites found by name: one task per domain, its sources merged
+    missing = []
+    for name in names:
+        cfg = next((cfg for cfg, suites in held if name in suites), None)
+        if cfg is not None:
+            group = groups.setdefault(json.dumps(cfg, sort_keys=True), (cfg, []))
+            group[1].extend([name] if name not in group[1] else [])
+        elif (found := _registered_config(name)) is not None:
+            merged = by_domain.setdefault(found["domain"], {**found, "sources": []})
+            merged["sources"] += [s for s in found["sources"] if s not in merged["sources"]]
+        else:
+            missing.append(name)
+    if missing:
+        from specialists.task import task_domains
+
+        raise ValueError(f"unknown held-out suite(s) {missing}: no registered task ({', '.join(task_domains())}) has them")
+    # a config built from suite names holds exactly those suites (an alias such as `arithmetic` included)
+    return list(groups.values()) + [(cfg, _suite_names(cfg)) for cfg in by_domain.values()]
+
+
+def _suite_names(cfg: dict) -> list[str]:
+    from specialists.task import make_task
+
+    return list(make_task(TaskConfig.model_validate(cfg)).heldout_suites(None, 1))
+
+
+def _registered_config(suite: str) -> dict | None:
+    from specialists.task import task_class, task_domains
+
+    for domain in task_domains():
+        cls = task_class(domain)
+        if cfg := cls.suite_config(suite) or _default_source_config(cls, suite):
+            return cfg
+    return None
+
+
+def _default_source_config(cls, suite: str) -> dict | None:
+    """A domain with no ``suite_config``: try each of its source kinds with defaults, keep one naming ``suite``."""
+    from specialists.task import make_task
+
+    for kind in cls.source_kinds:
+        cfg = {"domain": cls.domain, "sources": [{"kind": kind}]}
+        try:
+            if suite in make_task(TaskConfig.model_validate(cfg)).heldout_suites(None, 1):
+                return cfg
+        except Exception as error:  # noqa: BLE001 - a source that cannot load with defaults names no suite
+            log.debug("%s source %r with defaults: %s", cls.domain, kind, error)
+    return None
+
+
+def _validation_model(checkpoint: str, base: str | None) -> str:
+    """What ``model.path`` validates against: the adapter's base for a LoRA checkpoint."""
+    adapter = Path(checkpoint).expanduser() / "adapter_config.json"
+    if adapter.exists():
+        return base or json.loads(adapter.read_text()).get("base_model_name_or_path") or checkpoint
+    return checkpoint
+
+
+def _modes(recipe, names: str | None) -> dict:
+    chosen = split_names(names) if names else (recipe.eval.modes or list(recipe.task.modes if recipe.task else recipe.modes))
+    unknown = [name for name in chosen if name not in recipe.modes]
+    if unknown:
+        raise ValueError(f"--modes: {unknown} are not modes of the recipe ({sorted(recipe.modes)})")
+    modes = {}
+    for name in chosen:  # eval.max_tokens sets the allowance of non-thinking modes, as in the GRPO eval
+        mode = recipe.modes[name]
+        if recipe.eval.max_tokens and not mode.thinking:
+            mode = mode.model_copy(update={"max_tokens": recipe.eval.max_tokens})
+        modes[name] = mode
+    return modes
+
+
+def evaluate_checkpoint(recipe, checkpoint: str, groups, base: str | None = None) -> tuple[dict, dict]:
+    """Start one engine on the checkpoint; every suite group through its task; ``(report, sweeps)``."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from rollout.engine import EngineConfig, engine_actor
+    from specialists.eval import budget_sweep, evaluate_suites
+    from specialists.task import make_task
+
+    from .checkpoints import engine_model_dir
+    from .modes import sweep_mode, sweep_mode_name
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    modes, report, sweeps = _modes(recipe, None), {}, {}
+    with engine_model_dir(checkpoint, base) as model_dir:
+        config = EngineConfig(model=model_dir, dtype=recipe.model.engine_dtype, max_model_len=recipe.model.max_model_len,
+                              seed=recipe.run.seed, kv_cache_gib=recipe.engine.kv_cache_gib,
+                              gpu_memory_utilization=recipe.engine.gpu_memory_utilization,
+                              tensor_parallel_size=recipe.engine.tensor_parallel_size)
+        engine = engine_actor(config, num_cpus=recipe.engine.num_cpus, num_gpus=recipe.engine.num_gpus)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        ray.get(engine.ready.remote())
+        try:
+            for cfg, names in groups:
+                task = make_task(TaskConfig.model_validate(cfg), seed=recipe.run.seed)
+                suites = task.heldout_suites(names, recipe.eval.num_problems)
+                report |= evaluate_suites(engine, tokenizer, task, suites, modes, recipe.thinking_tags,
+                                          pass_k=recipe.eval.pass_k, temperature=recipe.eval.temperature)
+                if recipe.eval.budget_sweep and (name := sweep_mode_name(recipe)):
+                    by_budget = {b: sweep_mode(recipe.modes[name], b) for b in recipe.eval.budget_sweep}
+                    suffix = "" if len(groups) == 1 else f"-{cfg['domain']}-{len(sweeps)}"
+                    sweep = budget_sweep(engine, tokenizer, task, suites, by_budget, recipe.thinking_tags)
+                    sweeps[suffix] = {"mode": name, **sweep}
+        finally:
+            ray.kill(engine)
+    return report, sweeps
+
+
+def result_table(report: dict) -> list[str]:
+    lines = [f"  {'suite/mode':44s} {'problems':>8s} {'score':>7s} {'pass@k':>7s} {'think tok':>9s} {'answer tok':>10s}"]
+    for key, entry in report.items():
+        passk = next((f"{v:.3f}" for k, v in entry.items() if k.startswith("pass@")), "-")
+        lines.append(f"  {key:44s} {entry['problems']:8d} {entry['accuracy']:7.3f} {passk:>7s} "
+                     f"{entry['mean_thinking_tokens']:9.1f} {entry['mean_answer_tokens']:10.1f}")
+    return lines
+
+
+def _checkpoint_name(checkpoint: str) -> str:
+    path = Path(checkpoint)
+    if path.parent.name == "checkpoints":  # runs/<name>/checkpoints/step_N -> <name>-step_N
+        return f"{path.parent.parent.name}-{path.name}"
+    return path.name or checkpoint.replace("/", "_")

@@ -1,0 +1,160 @@
+"""Metric sinks: TensorBoard (default), Weights & Biases, MLflow.
+
+``run.trackers`` in the recipe names them; ``RunDir.log_metrics`` writes every
+step to ``metrics.jsonl`` (the record the report reads) and to each sink.
+W&B and MLflow are optional packages, imported only when a recipe names them;
+``missing_tracker_packages`` lets recipe validation fail before any work when
+one is not installed.
+
+A resumed run continues the same tracker run: the W&B run id and the MLflow run
+id are kept in ``<run dir>/trackers.json``. TensorBoard drops the events from the
+resume step on (``purge_step``); W&B and MLflow cannot forget logged points, so
+a resumed step is logged again there (the report reads ``metrics.jsonl``, which
+is rewound).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import uuid
+from pathlib import Path
+
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+_INSTALL = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow-skinny (or mlflow)"}
+
+
+def missing_tracker_packages(trackers: list[str]) -> list[str]:
+    """One message per named tracker whose package is not importable (checked without importing it)."""
+    return [
+        f"run.trackers.{index}: {name!r} needs the {_PACKAGES[name]!r} package (pip install {_INSTALL[name]})"
+        for index, name in enumerate(trackers)
+        if importlib.util.find_spec(_PACKAGES[name]) is None
+    ]
+
+
+class TensorBoardSink:
+    def __init__(self, path: Path, purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(path / "tb"), purge_step=purge_step)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    """A W&B run per run directory; offline runs (``WANDB_MODE=offline`` or ``run.wandb.mode``) sync later."""
+
+    def __init__(self, path: Path, run_name: str, settings, config: dict | None):
+        import wandb
+
+        ids = _read_ids(path)
+        ids.setdefault("wandb", uuid.uuid4().hex[:12])  # W&B run ids: short, url-safe
+        _write_ids(path, ids)
+        self.run = wandb.init(
+            project=settings.project,
+            entity=settings.entity,
+            mode=settings.mode,
+            name=run_name,
+            id=ids["wandb"],
+            resume="allow",
+            dir=str(path),
+            config=config,
+        )
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MlflowSink:
+    """An MLflow run per run directory.
+
+    Tracking URI: ``run.mlflow.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else a local file
+    store ``mlruns/`` beside the run directories (MLflow 3 keeps the file store behind
+    ``MLFLOW_ALLOW_FILE_STORE``; choosing it here needs no server or database package).
+    """
+
+    def __init__(self, path: Path, run_name: str, settings, params: dict | None):
+        import os
+
+        import mlflow
+
+        uri = settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            uri = (path.parent / "mlruns").resolve().as_uri()
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.client = mlflow.MlflowClient(tracking_uri=uri)
+        ids = _read_ids(path)
+        if "mlflow" not in ids:
+            experiment = self.client.get_experiment_by_name(settings.experiment)
+            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(settings.experiment)
+            ids["mlflow"] = self.client.create_run(experiment_id, run_name=run_name).info.run_id
+            _write_ids(path, ids)
+            self._log_params(ids["mlflow"], params or {})
+        self.run_id = ids["mlflow"]
+
+    def _log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(_mlflow_key(key), str(value)[:500]) for key, value in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        # MLflow metric names allow only alphanumerics, _ - . space : and /.
+        batch = [Metric(_mlflow_key(key), value, 0, step) for key, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def close(self) -> None:
+        self.client.set_terminated(self.run_id)
+
+
+def _mlflow_key(key: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_-. :/" else "_" for ch in key)
+
+
+def make_sinks(path: Path, run_cfg, recipe_dump: dict | None = None, purge_step: int | None = None) -> list:
+    """The sinks ``run_cfg.trackers`` names (``run_cfg`` None: TensorBoard only)."""
+    names = list(run_cfg.trackers) if run_cfg is not None else ["tensorboard"]
+    sinks = []
+    for name in names:
+        if name == "tensorboard":
+            sinks.append(TensorBoardSink(path, purge_step))
+        elif name == "wandb":
+            sinks.append(WandbSink(path, run_cfg.name, run_cfg.wandb, recipe_dump))
+        elif name == "mlflow":
+            sinks.append(MlflowSink(path, run_cfg.name, run_cfg.mlflow, _flat(recipe_dump or {})))
+        else:
+            raise ValueError(f"unknown tracker {name!r}; known: {list(TRACKERS)}")
+    return sinks
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _read_ids(path: Path) -> dict:
+    target = path / "trackers.json"
+    return json.loads(target.read_text()) if target.exists() else {}
+
+
+def _write_ids(path: Path, ids: dict) -> None:
+    (path / "trackers.json").write_text(json.dumps(ids, indent=2))

@@ -1,0 +1,75 @@
+"""Metric sinks: TensorBoard by default, MLflow (local file store) and W&B (offline) when the recipe names them."""
+
+import importlib.util
+import json
+
+import pytest
+
+from posttrain.recipe import RecipeError, validate_recipe
+from posttrain.rundir import RunDir
+
+TASK = {"domain": "math", "sources": [{"kind": "arithmetic"}]}
+
+
+def _recipe(tmp_path, **run):
+    return validate_recipe({"run": {"output_dir": str(tmp_path), "name": "r", **run}, "model": {"path": "tiny-random"}, "task": TASK})
+
+
+def _log_two_steps(tmp_path, recipe) -> RunDir:
+    run = RunDir(recipe.run.output_dir, recipe.run.name)
+    run.save_recipe(recipe)
+    run.log_metrics(0, {"reward/mean": 0.25, "mode/high/reward": 0.5})
+    run.log_metrics(1, {"reward/mean": 0.75, "mode/high/reward": 1.0})
+    run.close()
+    return run
+
+
+def test_tensorboard_is_the_default(tmp_path):
+    recipe = _recipe(tmp_path)
+    assert recipe.run.trackers == ["tensorboard"]
+    run = _log_two_steps(tmp_path, recipe)
+    assert list((run.path / "tb").glob("events.out.tfevents.*"))
+    assert [row["step"] for row in run.read_metrics()] == [0, 1]
+
+
+def test_mlflow_file_store_gets_every_step_and_a_resumed_run_continues_it(tmp_path):
+    pytest.importorskip("mlflow")
+    import mlflow
+
+    recipe = _recipe(tmp_path, trackers=["mlflow"], mlflow={"experiment": "unit"})
+    run = _log_two_steps(tmp_path, recipe)
+    assert not (run.path / "tb").exists(), "trackers without tensorboard write no TensorBoard events"
+    run_id = json.loads((run.path / "trackers.json").read_text())["mlflow"]
+    client = mlflow.MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
+    history = client.get_metric_history(run_id, "reward/mean")
+    assert [(m.step, m.value) for m in history] == [(0, 0.25), (1, 0.75)]
+    assert client.get_run(run_id).data.params["trainer.lr"] == str(recipe.trainer.lr)
+    again = RunDir(recipe.run.output_dir, recipe.run.name)  # a resumed run: same MLflow run
+    again.save_recipe(recipe)
+    again.log_metrics(2, {"reward/mean": 1.0})
+    again.close()
+    assert [m.step for m in client.get_metric_history(run_id, "reward/mean")] == [0, 1, 2]
+
+
+def test_wandb_offline_run_is_written_in_the_run_directory(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    recipe = _recipe(tmp_path, trackers=["tensorboard", "wandb"], wandb={"project": "unit"})
+    run = _log_two_steps(tmp_path, recipe)
+    run_id = json.loads((run.path / "trackers.json").read_text())["wandb"]
+    offline = list((run.path / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert offline and list(offline[0].glob("*.wandb")), "the offline run's data file"
+    assert list((run.path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_a_tracker_whose_package_is_missing_fails_validation(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(RecipeError, match=r"run\.trackers\.1: 'wandb' needs the 'wandb' package"):
+        _recipe(tmp_path, trackers=["tensorboard", "wandb"])
+
+
+def test_an_unknown_tracker_is_a_field_error(tmp_path):
+    with pytest.raises(RecipeError, match=r"run\.trackers\.0"):
+        _recipe(tmp_path, trackers=["neptune"])
