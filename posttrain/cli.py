@@ -68,7 +68,19 @@ def run_recipe(recipe) -> int:
         _print_distill_summary(results, run_dir, time.perf_counter() - started)
     else:
         _print_summary(results, run_dir, time.perf_counter() - started)
+    _write_report(run_dir)
     return 0
+
+
+def _write_report(run_dir: Path) -> None:
+    """The run's report (report.json, report.html, report.md): a failure here never fails the run."""
+    from .report import report_dirs
+
+    try:
+        written = report_dirs([run_dir])
+        print(f"  report: {', '.join(str(path) for path in written)}")
+    except Exception:  # noqa: BLE001 - the run's outputs are already safe on disk
+        log.exception("could not write the report of %s (posttrain report %s retries)", run_dir, run_dir)
 
 
 def train_recipe(recipe) -> dict:
@@ -108,6 +120,7 @@ def _run_pipeline(recipe, started: float) -> int:
     for row in results["eval"].get("table", []):
         print(f"  {row['domain']:>10s} {row['suite']:>28s} {row['mode']:>10s}: base {_fmt(row['base'])} "
               f"specialist {_fmt(row['specialist'])} student {_fmt(row['student'])}")
+    _write_report(root.path)
     return 0
 
 

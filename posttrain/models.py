@@ -136,28 +136,3 @@ def _build_tiny_random(out: Path) -> None:
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
 
-
-def full_model_dir(checkpoint: str) -> str:
-    """A plain model directory for ``checkpoint``: itself, or (a peft adapter) its base with the adapter merged in.
-
-    The merge is built once, beside the adapter (``<checkpoint>/merged``), for engines that need whole weights.
-    """
-    path = Path(checkpoint).expanduser().resolve()
-    if not (path / "adapter_config.json").exists():
-        return str(path)
-    return str(_ensure_built(path / "merged", lambda out: _merge_adapter(path, out)))
-
-
-def _merge_adapter(adapter_dir: Path, out: Path) -> None:
-    import json
-
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(out)
-    tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").exists() else resolve_model(base)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)

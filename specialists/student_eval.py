@@ -14,7 +14,7 @@ from pathlib import Path
 
 import ray
 
-from posttrain.models import full_model_dir
+from posttrain.checkpoints import engine_model_dir
 from rollout.engine import EngineConfig, engine_actor
 
 from .eval import evaluate_suites
@@ -27,12 +27,13 @@ def evaluate_student(recipe, specialists: dict, checkpoint: str, out_dir: Path) 
     """``{"table": [{domain, suite, mode, base, specialist, student}], "reports": {domain: path}}``."""
     from transformers import AutoTokenizer
 
-    model_dir = full_model_dir(checkpoint)
-    engine = engine_actor(_engine_config(recipe, model_dir), num_cpus=recipe.engine.num_cpus, num_gpus=recipe.engine.num_gpus)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    ray.get(engine.ready.remote())
     out_dir.mkdir(parents=True, exist_ok=True)
     table, reports = [], {}
+    with engine_model_dir(checkpoint) as model_dir:
+        engine_cfg = _engine_config(recipe, model_dir)
+        engine = engine_actor(engine_cfg, num_cpus=recipe.engine.num_cpus, num_gpus=recipe.engine.num_gpus)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        ray.get(engine.ready.remote())
     try:
         for name, specialist in specialists.items():
             report = _evaluate_domain(recipe, specialist, engine, tokenizer)
