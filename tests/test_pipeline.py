@@ -71,3 +71,12 @@ def test_the_ledger_skips_finished_stages_and_reports_failures(tmp_path):
     assert saved["a"]["status"] == "done" and saved["b"]["status"] == "failed"
     assert again.run("b", lambda: {"ok": True}) == {"ok": True}
     assert json.loads((tmp_path / "pipeline.json").read_text())["b"]["attempts"] == 2
+
+
+def test_a_stage_left_running_by_a_killed_driver_runs_again(tmp_path):
+    path = tmp_path / "pipeline.json"
+    path.write_text(json.dumps({"distill": {"status": "running", "attempts": 1}}))
+    assert StageLedger(path).run("distill", lambda: {"checkpoint": "step_4"}) == {"checkpoint": "step_4"}
+    assert json.loads(path.read_text())["distill"] | {"seconds": 0} == {
+        "status": "done", "attempts": 2, "error": None, "seconds": 0, "outputs": {"checkpoint": "step_4"}
+    }
