@@ -45,11 +45,10 @@ def programs(count: int) -> list[tuple[str, str]]:
 
     out = []
     for index, item in enumerate(list(read_problems().values())[:count]):
-        check = f"\n\n{item['test']}\n\ncheck({item['entry_point']})\n"
-        solve = lambda body: humaneval_solution(item["prompt"], body, item["entry_point"]) + check
-        out += [("pass", solve(item["canonical_solution"])), ("fail", solve("    return None\n"))]
-        if index % 10 == 0:
-            out.append(("timeout", solve(HANG)))
+        bodies = [("pass", item["canonical_solution"]), ("fail", "    return None\n")]
+        for kind, body in bodies + ([("timeout", HANG)] if index % 10 == 0 else []):
+            solution = humaneval_solution(item["prompt"], body, item["entry_point"])
+            out.append((kind, f"{solution}\n\n{item['test']}\n\ncheck({item['entry_point']})\n"))
     return out
 
 
@@ -59,7 +58,8 @@ def run_plain(command: list[str], program: str, timeout_s: float) -> bool:
         with open(path, "w") as handle:
             handle.write(program)
         try:
-            return subprocess.run([*command, path], cwd=workdir, capture_output=True, timeout=timeout_s).returncode == 0
+            completed = subprocess.run([*command, path], cwd=workdir, capture_output=True, timeout=timeout_s, check=False)
+            return completed.returncode == 0
         except subprocess.TimeoutExpired:
             return False
 
