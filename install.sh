@@ -25,4 +25,5 @@ python -m pip install nltk emoji syllapy langdetect immutabledict
 if [[ "$target" == "cpu" ]]; then
   python -m pip uninstall -y torchvision torchaudio torchcodec || true
 fi
+command -v bwrap >/dev/null || echo "note: install bubblewrap (apt-get install bubblewrap) for the strongest code sandbox (rewards/sandbox.py)" >&2
 python -c "import vllm, transformers, posttrain; print('posttrain installed: vllm', vllm.__version__, '| transformers', transformers.__version__)"

@@ -101,7 +101,14 @@ class ArithmeticSource(Strict):
     terms: int = Field(2, ge=2, description="operands per expression")
 
 
-Source = Annotated[Gsm8kSource | ArithmeticSource, Field(discriminator="kind")]
+class CodeSynthSource(Strict):
+    kind: Literal["code_synth"] = Field(description="procedural Python function-writing problems with assert tests (specialists/code_synth.py)")
+    weight: float = Field(1.0, gt=0, description="sampling weight among the task's sources")
+    count: int = Field(5000, gt=0, description="distinct problems generated (fewer when the templates run out, ~4400; 10% held out by hash)")
+    families: list[Literal["number", "list", "string"]] | None = Field(None, description="template families to draw from; default: all")
+
+
+Source = Annotated[Gsm8kSource | ArithmeticSource | CodeSynthSource, Field(discriminator="kind")]
 
 
 class RewardSpec(Strict):
