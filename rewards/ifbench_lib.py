@@ -3,9 +3,9 @@
 The package has two import-time habits that do not suit a training run:
 
 - ``ifbench.instructions`` runs ``spacy.cli.download("en_core_web_sm")`` (it never
-  uses the model). Where spaCy is not installed we register a stand-in
-  ``spacy`` / ``spacy.cli`` whose ``download`` does nothing; where it is
-  installed, its ``download`` is swapped for a no-op during the import only.
+  uses the model). Where spaCy is not installed a stand-in ``spacy`` /
+  ``spacy.cli`` whose ``download`` does nothing sits in ``sys.modules`` for the
+  import only; where it is installed, its ``download`` is a no-op for the import.
 - its checkers call ``nltk.download(...)`` on every check, which asks NLTK's
   server each time (or fails and prints an error offline). The IFBench modules
   get an ``nltk`` whose ``download`` only checks the data is on disk (and calls
@@ -114,8 +114,12 @@ def _spacy_download_disabled():
         spacy, cli = types.ModuleType("spacy"), types.ModuleType("spacy.cli")
         cli.download = lambda *args, **kwargs: None
         spacy.cli = cli
-        sys.modules.update({"spacy": spacy, "spacy.cli": cli})  # stays: nothing else may import spacy here
-        yield
+        sys.modules.update({"spacy": spacy, "spacy.cli": cli})
+        try:
+            yield
+        finally:  # gone again: other libraries (datasets' pickler) take ``"spacy" in sys.modules`` as the real one
+            sys.modules.pop("spacy.cli", None)
+            sys.modules.pop("spacy", None)
         return
     import spacy.cli
 
