@@ -108,7 +108,27 @@ class CodeSynthSource(Strict):
     families: list[Literal["number", "list", "string"]] | None = Field(None, description="template families to draw from; default: all")
 
 
-Source = Annotated[Gsm8kSource | ArithmeticSource | CodeSynthSource, Field(discriminator="kind")]
+class InstructSynthSource(Strict):
+    kind: Literal["if_synth"] = Field(description="procedural instruction following: a writing task + verifiable constraints")
+    weight: float = Field(1.0, gt=0, description="sampling weight among the task's sources")
+    count: int = Field(20000, gt=0, description="prompts generated (deduplicated, IFBench test prompts dropped; 10% held out by hash)")
+    min_constraints: int = Field(1, ge=1, description="fewest constraints per prompt")
+    max_constraints: int = Field(3, ge=1, description="most constraints per prompt (fewer when the drawn ones conflict)")
+    constraints: list[str] | None = Field(None, description="constraint ids to draw from (specialists/instruct_data.py); default: all")
+
+    @model_validator(mode="after")
+    def _known_constraints(self) -> InstructSynthSource:
+        from specialists.instruct_data import SPEC_IDS
+
+        if self.min_constraints > self.max_constraints:
+            raise ValueError(f"min_constraints ({self.min_constraints}) exceeds max_constraints ({self.max_constraints})")
+        unknown = sorted(set(self.constraints or ()) - set(SPEC_IDS))
+        if unknown:
+            raise ValueError(f"constraints {unknown} are unknown; known: {SPEC_IDS}")
+        return self
+
+
+Source = Annotated[Gsm8kSource | ArithmeticSource | CodeSynthSource | InstructSynthSource, Field(discriminator="kind")]
 
 
 class RewardSpec(Strict):

@@ -1,6 +1,7 @@
 """Reward plugins: plain functions registered by name. See ``docs/ARCHITECTURE.md``."""
 
 from . import code as _builtin_code  # noqa: F401  (registers the built-ins)
+from . import instruct as _builtin_instruct  # noqa: F401  (registers the built-ins)
 from . import math as _builtin_math  # noqa: F401
 from .registry import RewardNotFound, RewardResult, registered_rewards, resolve_reward, reward
 from .scoring import RewardTimeout, Sample, ScoredBatch, WeightedReward, as_weighted, score_batch, score_locally

@@ -1,0 +1,156 @@
+"""The instruction-following (IF) task: procedural constraint prompts for training, IFBench held out.
+
+Training draws from the ``if_synth`` sources (``instruct_data``: a writing task
+plus 1-3 verifiable IFEval-style constraints), rewarded by ``if_constraints``.
+Held-out suites:
+
+- one per source (named like ``if_synth(constraints=1-3)``): the hashed slice
+  training never sees, scored by our checkers (``score`` = every constraint
+  followed, ``constraint_share`` = share followed);
+- ``ifbench``: IFBench's test prompts (294, different constraints from the
+  training ones), scored by IFBench's own ``evaluation_lib``, in process:
+  ``score`` = prompt-level strict (the headline), ``loose`` = prompt-level loose,
+  ``instruction_strict`` / ``instruction_loose`` = instruction-level, each scaled
+  so the suite mean equals IFBench's micro average over instructions.
+
+The user turn is the prompt alone: ``task.instruction`` is not appended (the
+constraints are the instruction, and IFBench prompts must reach the model as
+written).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+
+from rewards.ifbench_lib import ensure_nltk_data, ifbench_modules, ifbench_test_path
+from rewards.instruct import check_constraints
+
+from . import data
+from .instruct_data import load_if_synth
+from .task import Problem, Task, register_task
+
+log = logging.getLogger("posttrain.instruct")
+IFBENCH = "ifbench"
+
+
+def load_ifbench_rows() -> list[dict]:
+    """IFBench's test rows as shipped, with the unused (null) arguments dropped from each constraint's kwargs."""
+    rows = []
+    with open(ifbench_test_path()) as handle:
+        for line in handle:
+            row = json.loads(line)
+            row["kwargs"] = [{k: v for k, v in kw.items() if v is not None} for kw in row["kwargs"]]
+            rows.append(row)
+    return rows
+
+
+def ifbench_prompts() -> set[str]:
+    return {row["prompt"].strip() for row in load_ifbench_rows()}
+
+
+def source_name(source) -> str:
+    return f"{source.kind}(constraints={source.min_constraints}-{source.max_constraints})"
+
+
+def load_source(source, seed: int):
+    if source.kind != "if_synth":
+        raise ValueError(f"unknown instruct source kind {source.kind!r}")
+    return load_if_synth(seed, source.count, source.min_constraints, source.max_constraints,
+                         source.constraints or (), excluded_prompts=ifbench_prompts())
+
+
+def _synth_problem(row) -> Problem:
+    fields = {"instruction_id_list": list(row["instruction_id_list"]), "kwargs": json.loads(row["kwargs_json"]),
+              "source": row["source"]}
+    return Problem(row["question"], fields, row["source"])
+
+
+def _ifbench_problem(row) -> Problem:
+    fields = {"instruction_id_list": row["instruction_id_list"], "kwargs": row["kwargs"], "source": IFBENCH}
+    return Problem(row["prompt"], fields, IFBENCH, id=str(row["key"]))
+
+
+@register_task("instruct")
+class InstructTask(Task):
+    source_kinds = ("if_synth",)
+
+    def __init__(self, task_cfg, seed: int = 0):
+        super().__init__(task_cfg, seed)
+        ensure_nltk_data()  # fail here, clearly, rather than as silently failed constraints later
+        self._train = []
+        for source in task_cfg.sources:
+            rows = data.split_rows(load_source(source, seed), heldout=False)
+            if len(rows) == 0:
+                raise ValueError(f"source {source_name(source)} has no training rows")
+            self._train.append((source.weight, rows))
+
+    def user_message(self, problem: Problem) -> str:
+        return problem.question
+
+    def sample(self, step: int, count: int) -> list[Problem]:
+        """The prompts of training step ``step``: a pure function of (seed, step), so resuming is exact."""
+        rng = random.Random(self.seed * 1_000_003 + step)
+        weights = [weight for weight, _ in self._train]
+        problems = []
+        for _ in range(count):
+            _, rows = rng.choices(self._train, weights=weights)[0]
+            problems.append(_synth_problem(rows[rng.randrange(len(rows))]))
+        return problems
+
+    def heldout_suites(self, names, num_problems: int) -> dict[str, list[Problem]]:
+        available = [source_name(s) for s in self.cfg.sources] + [IFBENCH]
+        missing = [name for name in names or [] if name not in available]
+        if missing:
+            raise ValueError(f"instruct has no held-out suite {missing}; it has {available}")
+        suites = {}
+        for source in self.cfg.sources:
+            if names and source_name(source) not in names:
+                continue
+            rows = data.split_rows(load_source(source, self.seed), heldout=True)
+            suites[source_name(source)] = [_synth_problem(r) for r in rows.select(range(min(num_problems, len(rows))))]
+        if not names or IFBENCH in names:
+            suites[IFBENCH] = [_ifbench_problem(row) for row in load_ifbench_rows()[:num_problems]]
+        return suites
+
+    def score_suite(self, suite: str, problems: list[Problem], completions: list) -> dict[str, list[float]]:
+        responses = [c.answer_text for c in completions]
+        if suite == IFBENCH:
+            return score_ifbench(problems, responses)
+        followed = [check_constraints(self.user_message(p), r, p.fields["instruction_id_list"], p.fields["kwargs"])
+                    for p, r in zip(problems, responses)]
+        return {
+            "score": [float(bool(f) and all(f.values())) for f in followed],
+            "constraint_share": [sum(f.values()) / len(f) if f else 0.0 for f in followed],
+        }
+
+
+def _ifbench_check(evaluation_lib, test, problem: Problem, response: str):
+    """One IFBench check (strict or loose) on fresh inputs: the scorer mutates its example's kwargs."""
+    example = evaluation_lib.InputExample(
+        key=problem.id, instruction_id_list=list(problem.fields["instruction_id_list"]),
+        prompt=problem.question, kwargs=copy.deepcopy(problem.fields["kwargs"]),
+    )
+    try:
+        return test(example, {problem.question: response}).follow_instruction_list
+    except Exception as error:  # noqa: BLE001 - one checker crashing on a response must not end the eval
+        log.warning("IFBench checker raised on problem %s (%s); counted as not followed", problem.id, error)
+        return [False] * len(example.instruction_id_list)
+
+
+def score_ifbench(problems: list[Problem], responses: list[str]) -> dict[str, list[float]]:
+    """IFBench's scorer per response: prompt-level strict (``score``) and loose, instruction-level both ways."""
+    evaluation_lib = ifbench_modules().evaluation_lib
+    instructions_per_prompt = sum(len(p.fields["instruction_id_list"]) for p in problems) / max(len(problems), 1)
+    out = {"score": [], "loose": [], "instruction_strict": [], "instruction_loose": []}
+    for problem, response in zip(problems, responses):
+        strict = _ifbench_check(evaluation_lib, evaluation_lib.test_instruction_following_strict, problem, response)
+        loose = _ifbench_check(evaluation_lib, evaluation_lib.test_instruction_following_loose, problem, response)
+        out["score"].append(float(all(strict)))
+        out["loose"].append(float(all(loose)))
+        # Scaled so the suite mean is IFBench's instruction-level accuracy (a micro average over instructions).
+        out["instruction_strict"].append(sum(strict) / instructions_per_prompt)
+        out["instruction_loose"].append(sum(loose) / instructions_per_prompt)
+    return out
