@@ -87,7 +87,24 @@ class ArithmeticSource(Strict):
     terms: int = Field(2, ge=2, description="operands per expression")
 
 
-Source = Annotated[Gsm8kSource | ArithmeticSource, Field(discriminator="kind")]
+class AgentEnvSource(Strict):
+    kind: Literal["tool_env"] = Field(description="procedural tool-use tasks of an environment (agent domain)")
+    env: str = Field(description="a registered environment: calculator, kv_store, search, api_call, or your own")
+    weight: float = Field(1.0, gt=0, description="sampling weight among the task's sources")
+    count: int = Field(2000, gt=0, description="tasks drawn (deduplicated; 10% held out by hash)")
+    max_turns: int = Field(4, gt=0, description="model turns per episode (the environment may allow fewer)")
+
+    @field_validator("env")
+    @classmethod
+    def _registered(cls, env: str) -> str:
+        from rollout.environments import environment_names
+
+        if env not in environment_names():
+            raise ValueError(f"unknown environment {env!r}; known: {environment_names()}")
+        return env
+
+
+Source = Annotated[Gsm8kSource | ArithmeticSource | AgentEnvSource, Field(discriminator="kind")]
 
 
 class RewardSpec(Strict):

@@ -213,6 +213,7 @@ def _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg) -> d
         "loss/clipped_token_share": update.get("clipped_tokens", 0.0) / max(update["tokens"], 1),
         "memory/trainer_peak_gib": ray.get(actors.trainer.peak_memory_gib.remote()),
         **{f"reward_failures/{name}": count for name, count in scored.failures.items()},
+        **rollout.metrics,
         **timer.metrics(),
     }
     if "kl_sum" in update:
