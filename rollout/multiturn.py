@@ -44,6 +44,11 @@ class Trajectory(Completion):
     outcome: float = 0.0  # the environment's verdict on the episode
     stop_reason: str = ""  # final | max_turns | budget | truncated
 
+    def record(self) -> dict:
+        """What happened in the episode, for eval output files."""
+        return {"calls": self.calls, "errors": self.errors, "turns": self.turns, "outcome": self.outcome,
+                "stop_reason": self.stop_reason}
+
     @property
     def valid_calls(self) -> list[dict]:
         return [call for call in self.calls if call["error"] in (None, "tool_exception")]
