@@ -30,7 +30,7 @@ SYSTEM_PROMPT = (
 )
 
 
-def env_tasks(env: str, seed: int, count: int, heldout: bool) -> list[Problem]:
+def env_tasks(env: str, seed: int, count: int, heldout: bool, max_turns: int = 4) -> list[Problem]:
     """``count`` draws of ``env``'s procedural tasks (deduplicated by question), the held-out slice or the rest."""
     cls, rng, seen, problems = environment_class(env), random.Random(f"{env}-{seed}"), set(), []
     for _ in range(count):
@@ -46,6 +46,7 @@ def env_tasks(env: str, seed: int, count: int, heldout: bool) -> list[Problem]:
             "tools": make_environment(env, task.setup).schemas(),
             "expected_calls": task.expected_calls,
             "answer": task.answer,
+            "max_turns": max_turns,
         }
         problems.append(Problem(task.question, fields, source=f"tool_env({env})", id=f"{env}-{len(problems)}"))
     return problems
@@ -59,11 +60,10 @@ class AgentTask(Task):
         super().__init__(task_cfg, seed)
         self._train = []
         for source in task_cfg.sources:
-            problems = env_tasks(source.env, seed, source.count, heldout=False)
+            problems = env_tasks(source.env, seed, source.count, heldout=False, max_turns=source.max_turns)
             if not problems:
                 raise ValueError(f"source tool_env({source.env}) has no training tasks (count {source.count})")
             self._train.append((source.weight, problems))
-        self.max_turns = max((source.max_turns for source in task_cfg.sources), default=4)
 
     def sample(self, step: int, count: int) -> list[Problem]:
         """The prompts of training step ``step``: a pure function of (seed, step)."""
@@ -85,14 +85,20 @@ class AgentTask(Task):
     def rollout(self, engine, tokenizer, problems, prompts, specs):
         import ray
 
+        def make_env(index: int):
+            fields = problems[index].fields
+            env = make_environment(fields["env"], fields["setup"])
+            env.max_turns = min(env.max_turns, fields.get("max_turns", env.max_turns))  # the source's limit
+            return env
+
         max_context = ray.get(engine.max_model_len.remote())
         return multiturn_rollout(
             lambda batch, batch_specs: ray.get(engine.generate.remote(batch, batch_specs)),
             tokenizer,
             prompts,
             specs,
-            lambda index: make_environment(problems[index].fields["env"], problems[index].fields["setup"]),
-            MultiTurnConfig(max_turns=self.max_turns, max_context=max_context),
+            make_env,
+            MultiTurnConfig(max_turns=max(p.fields.get("max_turns", 1) for p in problems), max_context=max_context),
         )
 
     def heldout_suites(self, names, num_problems: int) -> dict[str, list[Problem]]:
@@ -104,7 +110,7 @@ class AgentTask(Task):
                 suites[name] = bfcl.load_suite(name, num_problems)
             elif name in env_suites:
                 source = env_suites[name]
-                suites[name] = env_tasks(source.env, self.seed, source.count, heldout=True)[:num_problems]
+                suites[name] = env_tasks(source.env, self.seed, source.count, True, source.max_turns)[:num_problems]
             else:
                 raise ValueError(f"agent has no held-out suite {name!r}; it has {[*bfcl.SUITES, *env_suites]}")
         return suites

@@ -77,7 +77,7 @@ def _output_rows(suite_name: str, mode_name: str, problems: list, completions: l
     """The raw greedy outputs, so a score can be checked by reading what the model wrote."""
     return [
         {"suite": suite_name, "mode": mode_name, "id": p.id, "question": p.question, "output": c.text,
-         **{name: values[i] for name, values in scores.items()}, **getattr(c, "record", lambda: {})()}
+         **{name: values[i] for name, values in scores.items()}, **getattr(c, "record", dict)()}
         for i, (p, c) in enumerate(zip(problems, completions))
     ]
 
