@@ -15,11 +15,15 @@ from .registry import reward
 
 @reward("tool_call_format")
 def tool_call_format(prompt: str, completion: str, *, calls: list, call_attempts: int, **_) -> float:
-    """Share of the episode's call attempts that were well-formed calls of known tools; 0 without any.
+    """Mean over the episode's call attempts: 1 for a well-formed call of a known tool with fitting
+    arguments, 0.5 for any other attempt (malformed JSON, unknown tool, bad arguments); 0 without any.
 
-    The format signal a base model that writes prose needs before anything else can be learnt.
+    The format signal a base model that writes prose needs before anything else can be learnt: the
+    half credit rewards the first JSON-looking attempts, which are rare (about 4% of base samples).
     """
-    return len(calls) / call_attempts if call_attempts else 0.0
+    if not call_attempts:
+        return 0.0
+    return (len(calls) + 0.5 * (call_attempts - len(calls))) / call_attempts
 
 
 @reward("call_match")

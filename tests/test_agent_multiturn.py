@@ -23,10 +23,12 @@ class ScriptedEngine:
     def __init__(self, tokenizer, scripts: dict[int, list[str]], first_prompts: list[list[int]]):
         self.tokenizer, self.scripts, self.first = tokenizer, scripts, first_prompts
         self.batches: list[list[tuple[int, int]]] = []
+        self.specs: list[SamplingSpec] = []
         self.sampled: dict[tuple[int, int], list[int]] = {}
 
     def generate(self, prompts, specs):
         batch, completions = [], []
+        self.specs += specs
         for position, (prompt, spec) in enumerate(zip(prompts, specs)):
             index = next(i for i, first in enumerate(self.first) if prompt[: len(first)] == first)
             turn = self.tokenizer.decode(prompt[len(self.first[index]):]).count("<|im_start|>assistant")
@@ -41,8 +43,8 @@ class ScriptedEngine:
         return GenerateResult(completions, 0.01)
 
 
-def _run(tokenizer, scripts, envs, spec=SamplingSpec(n=1, max_tokens=200), config=MultiTurnConfig(max_turns=4)):
-    prompts = [prompt_ids(tokenizer, f"question {i}") for i in range(len(scripts))]
+def _run(tokenizer, scripts, envs, spec=SamplingSpec(n=1, max_tokens=200), config=MultiTurnConfig(max_turns=4), mode=None):
+    prompts = [prompt_ids(tokenizer, f"question {i}", mode=mode) for i in range(len(scripts))]
     engine = ScriptedEngine(tokenizer, scripts, prompts)
     result = multiturn_rollout(engine.generate, tokenizer, prompts, [spec] * len(prompts), lambda i: make_environment(*envs[i]), config)
     return engine, prompts, result
@@ -112,3 +114,18 @@ def test_group_samples_get_their_own_environment(tokenizer):
     _, _, result = _run(tokenizer, scripts, [env], spec=SamplingSpec(n=3, max_tokens=100))
     assert [t.prompt_index for t in result.completions] == [0, 0, 0]
     assert [t.outcome for t in result.completions] == [1.0, 1.0, 1.0]
+
+
+def test_thinking_modes_are_budget_forced_per_turn_and_reopen_thinking(tokenizer):
+    from posttrain.recipe import EffortMode
+
+    mode = EffortMode(thinking=True, thinking_budget=40, max_tokens=120)
+    scripts = {0: ['</think>{"name": "add", "arguments": {"a": 40, "b": 2}}', "</think>42"]}
+    spec = SamplingSpec(n=1, max_tokens=120, thinking_budget=40)
+    engine, prompts, result = _run(tokenizer, scripts, [CALC], spec=spec, mode=mode)
+    first, second = engine.specs
+    assert first.thinking_budget == 40 and first.max_tokens == 120
+    used = len(result.completions[0].token_ids) - len(engine.sampled[0, 1])  # turn 1 + the tool turn
+    assert second.max_tokens == 120 - used and second.thinking_budget == min(40, second.max_tokens - 16)
+    env_text = tokenizer.decode([t for t, keep in zip(result.completions[0].token_ids, result.completions[0].loss_mask) if not keep])
+    assert env_text.endswith("<|im_start|>assistant\n<think>\n")  # each turn starts thinking, as the first did

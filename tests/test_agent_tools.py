@@ -175,7 +175,8 @@ def test_registering_an_environment_is_short_and_names_are_unique():
 def test_agent_rewards():
     fields = {"expected_calls": [{"name": "add", "arguments": {"a": [1], "b": [2]}}], "outcome": 1.0}
     calls = [{"name": "add", "arguments": {"a": 1, "b": 2}}]
-    assert resolve_reward("tool_call_format")("", "", calls=calls, call_attempts=2, **fields) == 0.5
+    assert resolve_reward("tool_call_format")("", "", calls=calls, call_attempts=2, **fields) == 0.75
+    assert resolve_reward("tool_call_format")("", "", calls=calls, call_attempts=1, **fields) == 1.0
     assert resolve_reward("tool_call_format")("", "", calls=[], call_attempts=0, **fields) == 0.0
     assert resolve_reward("call_match")("", "", calls=calls, call_attempts=1, **fields) == 1.0
     assert resolve_reward("env_outcome")("", "", calls=calls, call_attempts=1, **fields) == 1.0

@@ -79,3 +79,25 @@ def test_episode_with_tool_calls_results_and_exact_masks(engine, tokenizer):
             assert "<|im_start|>tool\n" in env_text and env_text.endswith("<|im_start|>assistant\n")
     raised = next(t for t in result.completions if t.errors.get("tool_exception"))
     assert "ZeroDivisionError" in raised.text and raised.turns >= 2  # the error came back and the episode went on
+
+
+def test_agent_recipe_trains_on_trajectories_and_keeps_raw_eval_outputs(tmp_path, ray_local, tiny_model_path):
+    from pathlib import Path
+
+    from posttrain.cli import main
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "agent_grpo.yaml"
+    overrides = [
+        "model.path=tiny-random", f"run.output_dir={tmp_path}", "run.name=agent", "grpo.steps=1",
+        "grpo.prompts_per_step=2", "grpo.samples_per_prompt=2", "grpo.max_tokens=24", "eval.num_problems=2",
+        "engine.kv_cache_gib=0.25",
+    ]
+    assert main(["run", str(recipe), *overrides]) == 0
+    run = tmp_path / "agent"
+    row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"agent/turns_mean", "agent/error_rate", "agent/errors/malformed", "agent/generate_calls"} <= set(row)
+    report = json.loads((run / "eval" / "after.json").read_text())
+    assert {"bfcl_simple/default", "bfcl_multiple/default", "tool_env(calculator)/default"} <= set(report)
+    outputs = [json.loads(line) for line in (run / "eval" / "after_outputs.jsonl").read_text().splitlines()]
+    assert {"suite", "id", "output", "score", "calls", "turns"} <= set(outputs[0])
+    assert sum(o["suite"] == "bfcl_simple" for o in outputs) == 2
