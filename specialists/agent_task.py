@@ -23,10 +23,10 @@ from . import bfcl
 from .data import is_heldout
 from .task import Problem, Task, register_task
 
-SYSTEM_PROMPT = (
-    "You can call these tools:\n{tools}\n"
-    'To call a tool, reply with only a JSON object: {{"name": "<tool name>", "arguments": {{<argument>: <value>}}}}. '
-    "You will get the result. When you have what you need, reply with the final answer in plain text."
+SYSTEM_PROMPT = (  # a small model imitates an example far more readily than it follows a description
+    "You are a function-calling assistant. You can call these tools:\n{tools}\n"
+    'To call a tool, reply with only a JSON object, for example: {{"name": "get_time", "arguments": {{"city": "Rome"}}}}\n'
+    "The result comes back in the next message. When you have what you need, reply with the final answer in plain text."
 )
 
 
