@@ -128,7 +128,24 @@ class InstructSynthSource(Strict):
         return self
 
 
-Source = Annotated[Gsm8kSource | ArithmeticSource | CodeSynthSource | InstructSynthSource, Field(discriminator="kind")]
+class AgentEnvSource(Strict):
+    kind: Literal["tool_env"] = Field(description="procedural tool-use tasks of an environment (agent domain)")
+    env: str = Field(description="a registered environment: calculator, kv_store, search, api_call, or your own")
+    weight: float = Field(1.0, gt=0, description="sampling weight among the task's sources")
+    count: int = Field(2000, gt=0, description="tasks drawn (deduplicated; 10% held out by hash)")
+    max_turns: int = Field(4, gt=0, description="model turns per episode (the environment may allow fewer)")
+
+    @field_validator("env")
+    @classmethod
+    def _registered(cls, env: str) -> str:
+        from rollout.environments import environment_names
+
+        if env not in environment_names():
+            raise ValueError(f"unknown environment {env!r}; known: {environment_names()}")
+        return env
+
+
+Source = Annotated[Gsm8kSource | ArithmeticSource | CodeSynthSource | InstructSynthSource | AgentEnvSource, Field(discriminator="kind")]
 
 
 class RewardSpec(Strict):

@@ -56,6 +56,13 @@ class RunDir:
         target.write_text(json.dumps(result, indent=2))
         return target
 
+    def save_eval_outputs(self, tag: str, rows: list[dict]) -> Path:
+        """``eval/<tag>_outputs.jsonl``: every greedy eval output, raw."""
+        target = self.path / "eval" / f"{tag}_outputs.jsonl"
+        target.parent.mkdir(exist_ok=True)
+        target.write_text("".join(json.dumps(row, default=str) + "\n" for row in rows))
+        return target
+
     def checkpoint_dir(self, step: int) -> Path:
         return self.path / "checkpoints" / f"step_{step}"
 

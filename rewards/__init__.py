@@ -1,5 +1,6 @@
 """Reward plugins: plain functions registered by name. See ``docs/ARCHITECTURE.md``."""
 
+from . import agent as _builtin_agent  # noqa: F401  (registers the built-ins)
 from . import code as _builtin_code  # noqa: F401  (registers the built-ins)
 from . import instruct as _builtin_instruct  # noqa: F401  (registers the built-ins)
 from . import math as _builtin_math  # noqa: F401

@@ -84,6 +84,7 @@ class GenerateResult:
     completions: list[Completion]
     seconds: float
     num_tokens: int = field(init=False)
+    metrics: dict[str, float] = field(default_factory=dict)  # a rollout's own figures (e.g. tool errors), logged per step
 
     def __post_init__(self) -> None:
         self.num_tokens = sum(c.sampled_tokens for c in self.completions)  # forced tags are not generated
@@ -229,6 +230,10 @@ class RolloutEngine:
 
     def ready(self) -> bool:
         return True
+
+    def max_model_len(self) -> int:
+        """The context window (a multi-turn rollout keeps prompt + trajectory within it)."""
+        return self.config.max_model_len
 
 
 def _restore_priority() -> None:

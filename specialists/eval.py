@@ -43,8 +43,13 @@ def _scores(task, suites: dict, completions: list, n_modes: int, n: int) -> list
     return out
 
 
-def evaluate_suites(engine, tokenizer, task, suites: dict, modes: dict, tags, pass_k: int, temperature: float):
-    """``suites``: ``{name: [Problem]}``; ``modes``: ``{name: EffortMode}``. Report keys are ``suite/mode``."""
+def evaluate_suites(
+    engine, tokenizer, task, suites: dict, modes: dict, tags, pass_k: int, temperature: float, outputs: list | None = None
+):
+    """``suites``: ``{name: [Problem]}``; ``modes``: ``{name: EffortMode}``. Report keys are ``suite/mode``.
+
+    ``outputs``, when given, receives one row per greedy completion (its raw text and scores).
+    """
     problems = [p for suite in suites.values() for p in suite]
     greedy = _rollout(engine, tokenizer, task, problems, list(modes.values()), tags, 1, 0.0)
     greedy_scores = _scores(task, suites, greedy, len(modes), 1)
@@ -62,8 +67,19 @@ def evaluate_suites(engine, tokenizer, task, suites: dict, modes: dict, tags, pa
                 for p, c in zip(suite[:3], picked)
             ]
             report[f"{suite_name}/{mode_name}"] = {"suite": suite_name, "mode": mode_name, **entry}
+            if outputs is not None:
+                outputs += _output_rows(suite_name, mode_name, suite, picked, greedy_scores[index])
             start, index = start + len(suite), index + 1
     return report
+
+
+def _output_rows(suite_name: str, mode_name: str, problems: list, completions: list, scores: dict) -> list[dict]:
+    """The raw greedy outputs, so a score can be checked by reading what the model wrote."""
+    return [
+        {"suite": suite_name, "mode": mode_name, "id": p.id, "question": p.question, "output": c.text,
+         **{name: values[i] for name, values in scores.items()}, **getattr(c, "record", dict)()}
+        for i, (p, c) in enumerate(zip(problems, completions))
+    ]
 
 
 def _suite_report(greedy: list, scores: dict, sampled: dict | None, pass_k: int) -> dict:

@@ -71,6 +71,7 @@ def start_actors(recipe: Recipe, model_path: str) -> Actors:
 def run_eval(recipe: Recipe, actors: Actors, task: Task, run: RunDir, tag: str) -> dict:
     suites = task.heldout_suites(recipe.eval.suites, recipe.eval.num_problems)
     modes = {name: _eval_mode(recipe, name) for name in eval_mode_names(recipe)}
+    outputs: list[dict] = []
     report = evaluate_suites(
         actors.engine,
         actors.tokenizer,
@@ -80,8 +81,10 @@ def run_eval(recipe: Recipe, actors: Actors, task: Task, run: RunDir, tag: str) 
         recipe.thinking_tags,
         pass_k=recipe.eval.pass_k,
         temperature=recipe.eval.temperature,
+        outputs=outputs,
     )
     run.save_eval(tag, report)
+    run.save_eval_outputs(tag, outputs)
     for name, suite in report.items():
         passk = {k: v for k, v in suite.items() if k.startswith("pass@")}
         log.info(
@@ -215,6 +218,7 @@ def _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg) -> d
         **{f"reward_failures/{name}": count for name, count in scored.failures.items()},
         **{f"reward_timeouts/{name}": count for name, count in scored.timeouts.items()},
         **{f"reward/{key}": sum(values) / len(values) for key, values in scored.components.items() if values},
+        **rollout.metrics,
         **timer.metrics(),
     }
     if "kl_sum" in update:

@@ -1,0 +1,114 @@
+"""Multi-turn tool-use rollout throughput vs single-turn generation of the same total length.
+
+Both on one in-process ``RolloutEngine`` (CPU engine env), SmolLM2-135M-Instruct:
+
+- multi-turn: ``rollout.multiturn.multiturn_rollout`` over calculator episodes
+  (``--prompts`` x ``--n`` episodes, up to ``--turns`` model turns, temperature 1.0):
+  one batched ``generate`` per turn, tool results appended as chat turns;
+- single-turn: the same prompts, one request per episode, each made to sample
+  exactly as many tokens as that episode's model turns did in all
+  (``ignore_eos``), in one batched call.
+
+tokens/s counts sampled (model) tokens only; the multi-turn side also prefills
+the tool-result turns and re-enters the batch once per turn, which is the cost
+measured. The base model rarely calls tools unprompted, so the user turns ask
+it to send a given call (it mostly copies the call, reads the result, and
+either answers or calls again): episodes really are multi-turn (the turn
+distribution is printed). One warm-up pair, then ``--repeats`` pairs; medians.
+
+Run: ``flock /tmp/posttrain-heavy.lock python bench/agent_rollout.py`` (a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+# Run as a script, this file's folder heads sys.path and its name would shadow the `rollout` package.
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
+
+from posttrain.chat import prompt_ids  # noqa: E402
+from posttrain.models import resolve_model  # noqa: E402
+from rollout.engine import EngineConfig, SamplingSpec, cpu_engine_env  # noqa: E402
+from rollout.environments import make_environment  # noqa: E402
+from rollout.multiturn import MultiTurnConfig, multiturn_rollout  # noqa: E402
+from specialists.agent_task import SYSTEM_PROMPT  # noqa: E402
+
+
+def agent_prompts(tokenizer, count: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    tools = "\n".join(json.dumps(schema) for schema in make_environment("calculator", {}).schemas())
+    prompts = []
+    for _ in range(count):
+        name = rng.choice(("add", "subtract", "multiply", "divide"))
+        call = json.dumps({"name": name, "arguments": {"a": rng.randint(2, 99), "b": rng.randint(2, 9)}})
+        prompts.append(prompt_ids(tokenizer, f"Send this tool call: {call}", system=SYSTEM_PROMPT.format(tools=tools)))
+    return prompts
+
+
+def run_multiturn(engine, prompts, spec: SamplingSpec, turns: int):
+    config = MultiTurnConfig(max_turns=turns, max_context=engine.config.max_model_len)
+    start = time.perf_counter()
+    result = multiturn_rollout(engine.generate, engine.tokenizer, prompts, [spec] * len(prompts),
+                               lambda _: make_environment("calculator", {}), config)
+    return result, time.perf_counter() - start
+
+
+def run_single(engine, prompts, spec: SamplingSpec, trajectories) -> tuple[int, float]:
+    """One request per episode, sampling exactly that episode's model-token count, all in one batch."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    requests = [TokensPrompt(prompt_token_ids=prompts[t.prompt_index]) for t in trajectories]
+    params = [
+        SamplingParams(temperature=spec.temperature, max_tokens=max(t.sampled_tokens, 1), ignore_eos=True, logprobs=0)
+        for t in trajectories
+    ]
+    start = time.perf_counter()
+    outputs = engine.llm.generate(requests, params, use_tqdm=False)
+    return sum(len(o.outputs[0].token_ids) for o in outputs), time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=192, help="per episode: model turns + tool results")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    for key, value in cpu_engine_env().items():
+        os.environ.setdefault(key, value)
+    from rollout.engine import RolloutEngine
+
+    engine = RolloutEngine(EngineConfig(model=resolve_model(args.model), max_model_len=1024, kv_cache_gib=1.0))
+    prompts = agent_prompts(engine.tokenizer, args.prompts)
+    spec = SamplingSpec(n=args.n, temperature=1.0, max_tokens=args.max_tokens)
+    rows = []
+    for repeat in range(args.repeats + 1):  # the first pair warms up
+        result, multi_seconds = run_multiturn(engine, prompts, spec, args.turns)
+        single_tokens, single_seconds = run_single(engine, prompts, spec, result.completions)
+        if repeat:
+            rows.append((result, multi_seconds, single_tokens, single_seconds))
+    ratios = [(r.num_tokens / m) / (t / s) for r, m, t, s in rows]
+    result, multi_seconds, single_tokens, single_seconds = rows[ratios.index(statistics.median(ratios))]
+    turns = Counter(t.turns for t in result.completions)
+    print(f"episodes: {len(result.completions)} ({args.prompts} prompts x {args.n}), max {args.turns} turns, "
+          f"max_tokens {args.max_tokens}; turns per episode: {dict(sorted(turns.items()))}; "
+          f"env token share {result.metrics['agent/env_token_share']:.2f}; generate calls {result.metrics['agent/generate_calls']:.0f}")
+    print(f"multi-turn : {result.num_tokens} sampled tokens in {multi_seconds:.2f} s = {result.num_tokens / multi_seconds:.1f} tokens/s")
+    print(f"single-turn: {single_tokens} sampled tokens in {single_seconds:.2f} s = {single_tokens / single_seconds:.1f} tokens/s")
+    print(f"multi/single throughput: median {statistics.median(ratios):.2f}x over {len(ratios)} repeats "
+          f"({', '.join(f'{r:.2f}' for r in ratios)}); target >= 0.8x")
+
+
+if __name__ == "__main__":
+    main()

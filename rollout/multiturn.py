@@ -1,0 +1,249 @@
+"""Multi-turn tool-use rollouts on the engine: model turn -> tool calls -> results -> next turn.
+
+One ``generate`` call per turn serves every still-running episode of the batch
+(all prompts x all samples), so turns are batched like single-turn sampling.
+A trajectory keeps the model's sampled token ids exactly as sampled and
+appends only the environment's delta (the turn's end, the tool-result turn
+rendered by the tokenizer's chat template, the next assistant header and the
+first turn's prefill, e.g. ``<think>``)::
+
+    prompt | model turn 1 (sampled) | env delta | model turn 2 (sampled) | ...
+           |<--------------------- Completion.token_ids ------------------->|
+    loss_mask  1 ... 1                0 ... 0      1 ... 1
+
+so the existing GRPO loop trains on it unchanged. Budgets: the whole
+trajectory (model + environment tokens) stays within the mode's ``max_tokens``
+and the context window; thinking modes are budget-forced per turn by the engine.
+
+Bad input never stops a batch: malformed calls, unknown tools, bad arguments,
+and exceptions inside tools become error results the model reads next turn,
+counted per kind (``Trajectory.errors``, ``GenerateResult.metrics``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from .calls import parse_calls
+from .engine import Completion, GenerateResult, SamplingSpec
+from .environments import ERROR_KINDS, Environment
+
+MIN_ANSWER_TOKENS = 16  # a thinking turn keeps this much room for its close tag and answer (as modes do)
+
+
+@dataclass
+class Trajectory(Completion):
+    """A multi-turn episode as one ``Completion`` (token ids after the prompt), plus what happened in it."""
+
+    calls: list[dict] = field(default_factory=list)  # {"name", "arguments", "turn", "error": kind or None}
+    errors: dict[str, int] = field(default_factory=dict)  # error kind -> count
+    turns: int = 0  # model turns
+    outcome: float = 0.0  # the environment's verdict on the episode
+    stop_reason: str = ""  # final | max_turns | budget | truncated
+
+    def record(self) -> dict:
+        """What happened in the episode, for eval output files."""
+        return {"calls": self.calls, "errors": self.errors, "turns": self.turns, "outcome": self.outcome,
+                "stop_reason": self.stop_reason}
+
+    @property
+    def valid_calls(self) -> list[dict]:
+        return [call for call in self.calls if call["error"] in (None, "tool_exception")]
+
+
+@dataclass(frozen=True)
+class MultiTurnConfig:
+    max_turns: int = 4  # model turns per episode (an environment may allow fewer)
+    max_context: int = 1024  # prompt + trajectory tokens (the engine's max_model_len)
+    min_turn_tokens: int = 8  # a turn with less room than this ends the episode
+    result_chars: int = 600  # a tool result longer than this is cut
+
+
+class ChatDeltas:
+    """Token deltas of the chat template: how an assistant turn ends and a tool-result turn reads."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.tool_role = "tool" if self._renders_role("tool") else "user"
+        closed = self._render([{"role": "user", "content": "u"}, {"role": "assistant", "content": "@@"}])
+        self.turn_end = closed.split("@@")[-1]  # e.g. "<|im_end|>\n"
+        self._closed = closed
+        opened = self._render([{"role": "user", "content": "u"}], generation=True)
+        self.assistant_header = opened[len(self._render([{"role": "user", "content": "u"}])):]
+        self._stop_ids = set(tokenizer.all_special_ids)
+
+    def _render(self, messages: list[dict], generation: bool = False) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+
+    def _renders_role(self, role: str) -> bool:
+        try:
+            text = self._render([{"role": "user", "content": "u"}, {"role": role, "content": "@@result"}])
+        except Exception:  # noqa: BLE001 - templates raise on roles they do not know
+            return False
+        return "@@result" in text
+
+    def prefill(self, prompt_ids: list[int]) -> str:
+        """What the caller put after the assistant header of the first prompt (``<think>\\n`` in thinking modes)."""
+        text = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        return text.rsplit(self.assistant_header, 1)[1] if self.assistant_header in text else ""
+
+    def tool_turn(self, last_sampled_id: int | None, results: list[str], prefill: str) -> list[int]:
+        """Ids after a model turn: the rest of its end tag, the result turn(s), the next header + prefill."""
+        end = self.turn_end
+        if last_sampled_id in self._stop_ids:  # the model wrote the end token itself
+            written = self.tokenizer.decode([last_sampled_id], skip_special_tokens=False)
+            end = end.removeprefix(written)
+        messages = [{"role": self.tool_role, "content": text} for text in results]
+        full = self._render([{"role": "user", "content": "u"}, {"role": "assistant", "content": "@@"}, *messages], True)
+        if not full.startswith(self._closed):
+            raise ValueError("the chat template renders earlier turns differently once a tool turn follows")
+        text = end + full[len(self._closed):] + prefill
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@dataclass
+class _Episode:
+    index: int  # the prompt's index
+    env: Environment
+    prompt: list[int]
+    spec: SamplingSpec
+    prefill: str
+    max_turns: int
+    out: Trajectory = None
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        self.out = Trajectory(self.index, [], [], "", False, loss_mask=[], answer_text="")
+
+
+def multiturn_rollout(
+    generate: Callable[[list[list[int]], list[SamplingSpec]], GenerateResult],
+    tokenizer,
+    prompts: list[list[int]],
+    specs: list[SamplingSpec],
+    make_env: Callable[[int], Environment],
+    config: MultiTurnConfig = MultiTurnConfig(),
+) -> GenerateResult:
+    """``spec.n`` episodes per prompt, each with a fresh ``make_env(prompt_index)``; prompt-major output.
+
+    ``generate(prompts, specs)`` is the engine's ``generate`` (e.g. ``ray.get(actor.generate.remote(...))``).
+    """
+    if len(specs) != len(prompts):
+        raise ValueError(f"{len(specs)} sampling specs for {len(prompts)} prompts")
+    chat, start = ChatDeltas(tokenizer), time.perf_counter()
+    episodes = []
+    for index, (prompt, spec) in enumerate(zip(prompts, specs)):
+        for _ in range(spec.n):
+            env = make_env(index)
+            turns = min(config.max_turns, env.max_turns)
+            episodes.append(_Episode(index, env, prompt, spec, chat.prefill(prompt), turns))
+    generate_calls = 0
+    while active := [episode for episode in episodes if not episode.done]:
+        ready, turn_specs = [], []
+        for episode in active:
+            spec = _turn_spec(episode, config)
+            if spec is None:
+                _finish(episode, "budget")
+            else:
+                ready.append(episode)
+                turn_specs.append(spec)
+        if not ready:
+            break
+        result = generate([episode.prompt + episode.out.token_ids for episode in ready], turn_specs)
+        generate_calls += 1
+        for episode, turn in zip(ready, result.completions):
+            _absorb(episode, turn, chat, config)
+    trajectories = [episode.out for episode in episodes]
+    rollout = GenerateResult(trajectories, time.perf_counter() - start)
+    rollout.metrics = rollout_metrics(trajectories) | {"agent/generate_calls": float(generate_calls)}
+    return rollout
+
+
+def _turn_spec(episode: _Episode, config: MultiTurnConfig) -> SamplingSpec | None:
+    """This turn's allowance: what is left of the mode's ``max_tokens`` and of the context window."""
+    used = len(episode.out.token_ids)
+    room = min(episode.spec.max_tokens - used, config.max_context - len(episode.prompt) - used)
+    if room < config.min_turn_tokens:
+        return None
+    if episode.spec.thinking_budget is None:
+        return replace(episode.spec, n=1, max_tokens=room)
+    budget = min(episode.spec.thinking_budget, room - MIN_ANSWER_TOKENS)
+    return replace(episode.spec, n=1, max_tokens=room, thinking_budget=budget) if budget > 0 else None
+
+
+def _absorb(episode: _Episode, turn: Completion, chat: ChatDeltas, config: MultiTurnConfig) -> None:
+    """Append a model turn; run its calls; end the episode or append the results for the next turn."""
+    out = episode.out
+    out.token_ids += turn.token_ids
+    out.logprobs += turn.logprobs
+    out.loss_mask += turn.loss_mask if turn.loss_mask is not None else [1] * len(turn.token_ids)
+    out.text += turn.text
+    out.thinking_tokens += turn.thinking_tokens
+    out.forced_close |= turn.forced_close
+    out.answer_text = turn.answer_text
+    out.turns += 1
+    if turn.truncated:
+        out.truncated = True
+        return _finish(episode, "truncated")
+    parsed = parse_calls(turn.answer_text)
+    if parsed.is_final:
+        return _finish(episode, "final")
+    results = []
+    if parsed.malformed:
+        out.errors["malformed"] = out.errors.get("malformed", 0) + 1
+        results.append(f"Error: could not read your tool call ({parsed.malformed}). "
+                       'Call a tool as {"name": "<tool>", "arguments": {...}}.')
+    for call in parsed.calls:
+        result = episode.env.execute(call)
+        out.calls.append({**call.as_dict(), "turn": out.turns, "error": result.error})
+        if result.error:
+            out.errors[result.error] = out.errors.get(result.error, 0) + 1
+        results.append(_cut(result.content, config.result_chars))
+    if out.turns >= episode.max_turns:
+        return _finish(episode, "max_turns")
+    delta = chat.tool_turn(turn.token_ids[-1] if turn.token_ids else None, results, episode.prefill)
+    if len(out.token_ids) + len(delta) + config.min_turn_tokens > min(
+        episode.spec.max_tokens, config.max_context - len(episode.prompt)
+    ):
+        return _finish(episode, "budget")
+    out.token_ids += delta
+    out.logprobs += [0.0] * len(delta)
+    out.loss_mask += [0] * len(delta)
+    out.text += chat.tokenizer.decode(delta, skip_special_tokens=False)
+
+
+def _finish(episode: _Episode, reason: str) -> None:
+    episode.done, episode.out.stop_reason = True, reason
+    try:
+        episode.out.outcome = float(episode.env.outcome(episode.out.answer_text or ""))
+    except Exception:  # noqa: BLE001 - an environment's checker bug must not stop the batch
+        episode.out.outcome = 0.0
+        episode.out.errors["outcome_exception"] = episode.out.errors.get("outcome_exception", 0) + 1
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + " ...(cut)"
+
+
+def rollout_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
+    """Per-episode means: turns, calls, errors by kind, stop reasons, outcome; the error rate per call attempt."""
+    count = max(len(trajectories), 1)
+    errors = Counter()
+    for trajectory in trajectories:
+        errors.update(trajectory.errors)
+    attempts = sum(len(t.calls) for t in trajectories) + errors["malformed"]
+    stops = Counter(t.stop_reason for t in trajectories)
+    metrics = {
+        "agent/turns_mean": sum(t.turns for t in trajectories) / count,
+        "agent/calls_mean": sum(len(t.calls) for t in trajectories) / count,
+        "agent/outcome_mean": sum(t.outcome for t in trajectories) / count,
+        "agent/error_rate": sum(errors.values()) / max(attempts, 1),
+        "agent/env_token_share": sum(len(t.token_ids) - t.sampled_tokens for t in trajectories)
+        / max(sum(len(t.token_ids) for t in trajectories), 1),
+    }
+    metrics |= {f"agent/errors/{kind}": errors[kind] / count for kind in (*ERROR_KINDS, "outcome_exception")}
+    metrics |= {f"agent/stop/{reason}": stops[reason] / count for reason in ("final", "max_turns", "budget", "truncated")}
+    return metrics

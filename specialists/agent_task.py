@@ -1,0 +1,128 @@
+"""The agent task: multi-turn tool use in environments, trained on their procedural tasks, held out on BFCL.
+
+Sources are environments (``{kind: tool_env, env: calculator, count: 2000}``);
+each draws procedural tasks (``Environment.make_task``), 10% held out by hash
+as the ``tool_env(<env>)`` suites. A prompt shows the tools as JSON schemas in
+the system message; ``rollout`` runs the episodes on the engine
+(``rollout.multiturn``), one batched ``generate`` per turn; the rewards
+(``rewards/agent.py``) see the calls, the errors and the environment's outcome.
+BFCL suites (``bfcl_simple``, ``bfcl_multiple``) are scored by BFCL's checker.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+from rewards import Sample
+from rollout.calls import calls_match
+from rollout.environments import environment_class, make_environment
+from rollout.multiturn import MultiTurnConfig, multiturn_rollout
+
+from . import bfcl
+from .data import is_heldout
+from .task import Problem, Task, register_task
+
+SYSTEM_PROMPT = (  # a small model imitates an example far more readily than it follows a description
+    "You are a function-calling assistant. You can call these tools:\n{tools}\n"
+    'To call a tool, reply with only a JSON object, for example: {{"name": "get_time", "arguments": {{"city": "Rome"}}}}\n'
+    "The result comes back in the next message. When you have what you need, reply with the final answer in plain text."
+)
+
+
+def env_tasks(env: str, seed: int, count: int, heldout: bool, max_turns: int = 4) -> list[Problem]:
+    """``count`` draws of ``env``'s procedural tasks (deduplicated by question), the held-out slice or the rest."""
+    cls, rng, seen, problems = environment_class(env), random.Random(f"{env}-{seed}"), set(), []
+    for _ in range(count):
+        task = cls.make_task(rng)
+        setup = json.dumps(task.setup, sort_keys=True)  # held out by setup: rephrasings of one task stay together
+        key = f"{env}: {task.question} {setup}"
+        if key in seen or is_heldout(f"{env}: {setup}") != heldout:
+            continue
+        seen.add(key)
+        fields = {
+            "env": env,
+            "setup": task.setup,
+            "tools": make_environment(env, task.setup).schemas(),
+            "expected_calls": task.expected_calls,
+            "answer": task.answer,
+            "max_turns": max_turns,
+        }
+        problems.append(Problem(task.question, fields, source=f"tool_env({env})", id=f"{env}-{len(problems)}"))
+    return problems
+
+
+@register_task("agent")
+class AgentTask(Task):
+    source_kinds = ("tool_env",)
+
+    def __init__(self, task_cfg, seed: int = 0):
+        super().__init__(task_cfg, seed)
+        self._train = []
+        for source in task_cfg.sources:
+            problems = env_tasks(source.env, seed, source.count, heldout=False, max_turns=source.max_turns)
+            if not problems:
+                raise ValueError(f"source tool_env({source.env}) has no training tasks (count {source.count})")
+            self._train.append((source.weight, problems))
+
+    def sample(self, step: int, count: int) -> list[Problem]:
+        """The prompts of training step ``step``: a pure function of (seed, step)."""
+        rng = random.Random(self.seed * 1_000_003 + step)
+        weights = [weight for weight, _ in self._train]
+        return [rng.choice(rng.choices(self._train, weights=weights)[0][1]) for _ in range(count)]
+
+    def system_prompt(self, problem: Problem) -> str:
+        return SYSTEM_PROMPT.format(tools="\n".join(json.dumps(schema) for schema in problem.fields["tools"]))
+
+    def reward_sample(self, problem: Problem, completion) -> Sample:
+        episode = {
+            "calls": getattr(completion, "valid_calls", []),
+            "call_attempts": len(getattr(completion, "calls", [])) + getattr(completion, "errors", {}).get("malformed", 0),
+            "outcome": getattr(completion, "outcome", 0.0),
+        }
+        return Sample(self.user_message(problem), completion.answer_text, problem.fields | episode)
+
+    def rollout(self, engine, tokenizer, problems, prompts, specs):
+        import ray
+
+        def make_env(index: int):
+            fields = problems[index].fields
+            env = make_environment(fields["env"], fields["setup"])
+            env.max_turns = min(env.max_turns, fields.get("max_turns", env.max_turns))  # the source's limit
+            return env
+
+        max_context = ray.get(engine.max_model_len.remote())
+        return multiturn_rollout(
+            lambda batch, batch_specs: ray.get(engine.generate.remote(batch, batch_specs)),
+            tokenizer,
+            prompts,
+            specs,
+            make_env,
+            MultiTurnConfig(max_turns=max(p.fields.get("max_turns", 1) for p in problems), max_context=max_context),
+        )
+
+    def heldout_suites(self, names, num_problems: int) -> dict[str, list[Problem]]:
+        env_suites = {f"tool_env({source.env})": source for source in self.cfg.sources}
+        names = names or [*bfcl.SUITES, *env_suites]
+        suites = {}
+        for name in names:
+            if name in bfcl.SUITES:
+                suites[name] = bfcl.load_suite(name, num_problems)
+            elif name in env_suites:
+                source = env_suites[name]
+                suites[name] = env_tasks(source.env, self.seed, source.count, True, source.max_turns)[:num_problems]
+            else:
+                raise ValueError(f"agent has no held-out suite {name!r}; it has {[*bfcl.SUITES, *env_suites]}")
+        return suites
+
+    def score_suite(self, suite: str, problems: list[Problem], completions: list) -> dict[str, list[float]]:
+        if suite in bfcl.SUITES:
+            rows = [bfcl.score(p, getattr(c, "calls", [])) for p, c in zip(problems, completions)]
+            return {"score": [row["score"] for row in rows], "format": [row["format"] for row in rows]}
+        return {
+            "score": [float(getattr(c, "outcome", 0.0)) for c in completions],
+            "call_match": [
+                calls_match(getattr(c, "valid_calls", []), p.fields["expected_calls"]) for p, c in zip(problems, completions)
+            ],
+            "turns": [float(getattr(c, "turns", 1)) for c in completions],
+        }
