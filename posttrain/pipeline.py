@@ -1,8 +1,8 @@
 """The whole recipe in one driver: specialists -> teachers -> on-policy distillation -> eval.
 
 A pipeline recipe names a GRPO recipe per specialist and one distillation
-recipe; the pipeline imposes what must agree across stages (the base model,
-the effort modes, the thinking tags, the seed) and fills in the distillation's
+recipe; the pipeline imposes what must agree across stages (the model section:
+base model and context window; the effort modes, the thinking tags, the seed) and fills in the distillation's
 domains (each specialist's task) and teachers (each specialist's final
 checkpoint, in each mode it teaches). Every stage is validated before any work
 starts. Run directory::
@@ -40,7 +40,7 @@ def _stage_data(recipe: Recipe, path: str, overrides: list[str], name: str) -> d
     """A stage recipe's data with the pipeline's shared settings imposed."""
     data = read_recipe_data(path, overrides)
     shared = recipe.model_dump(mode="json")
-    data["model"] = {**(data.get("model") or {}), "path": recipe.model.path}
+    data["model"] = shared["model"]
     data["run"] = {
         **(data.get("run") or {}), "name": name, "output_dir": str(stages_dir(recipe)),
         "seed": recipe.run.seed, "resume": recipe.run.resume,

@@ -8,6 +8,7 @@ started here; a bad recipe fails before any work does.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -385,7 +386,7 @@ def validate_recipe(data: dict, origin: str = "recipe", check_files: bool = True
 
     problems = check_modes(recipe) + _check_resolvable(recipe, check_files)
     if problems:
-        raise RecipeError(f"{origin}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
+        raise RecipeError(f"{origin}: {len(problems)} problem(s)\n" + "\n".join(textwrap.indent(p, "  ") for p in problems))
     return recipe
 
 
