@@ -14,6 +14,11 @@ problem's ``check(entry_point)``. Every method runs the identical program text:
 
 Rounds alternate the methods so load from other processes hits them alike; the
 table shows each method's best round. Target: sandbox <= 2x ``subprocess -I -S``.
+
+Measured (2-core CPU, bwrap 0.8, ``--problems 30 --rounds 3``, 63 programs, timeout 1 s):
+bwrap 13.7 evals/s vs plain subprocess 15.2 (1.11x the time on the mix; on passing and
+failing programs alone 24.5 / 28.6 ms vs 18.7 / 19.3 ms, 1.40x); unshare 1.02x,
+rlimits 1.01x; in-process exec (no isolation) 0.73x.
 """
 
 from __future__ import annotations
