@@ -39,17 +39,16 @@ from posttrain.models import resolve_model  # noqa: E402
 from rollout.engine import EngineConfig, SamplingSpec, cpu_engine_env  # noqa: E402
 from rollout.environments import make_environment  # noqa: E402
 from rollout.multiturn import MultiTurnConfig, multiturn_rollout  # noqa: E402
-from specialists.agent_task import SYSTEM_PROMPT  # noqa: E402
+from specialists.agent_task import system_prompt  # noqa: E402
 
 
 def agent_prompts(tokenizer, count: int, seed: int = 0) -> list[list[int]]:
     rng = random.Random(seed)
-    tools = "\n".join(json.dumps(schema) for schema in make_environment("calculator", {}).schemas())
-    prompts = []
+        prompts = []
     for _ in range(count):
         name = rng.choice(("add", "subtract", "multiply", "divide"))
         call = json.dumps({"name": name, "arguments": {"a": rng.randint(2, 99), "b": rng.randint(2, 9)}})
-        prompts.append(prompt_ids(tokenizer, f"Send this tool call: {call}", system=SYSTEM_PROMPT.format(tools=tools)))
+        prompts.append(prompt_ids(tokenizer, f"Send this tool call: {call}", system=system_prompt(make_environment("calculator", {}).schemas())))
     return prompts
 
 

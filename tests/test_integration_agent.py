@@ -9,7 +9,7 @@ from posttrain.chat import prompt_ids
 from rollout.engine import EngineConfig, SamplingSpec, engine_actor
 from rollout.environments import make_environment
 from rollout.multiturn import MultiTurnConfig, multiturn_rollout
-from specialists.agent_task import SYSTEM_PROMPT
+from specialists.agent_task import system_prompt
 
 pytestmark = pytest.mark.integration
 
@@ -42,8 +42,7 @@ class Recorder:
 
 
 def _prompt(tokenizer, call: dict) -> list[int]:
-    tools = "\n".join(json.dumps(schema) for schema in make_environment("calculator", {}).schemas())
-    return prompt_ids(tokenizer, f"Send this tool call: {json.dumps(call)}", system=SYSTEM_PROMPT.format(tools=tools))
+        return prompt_ids(tokenizer, f"Send this tool call: {json.dumps(call)}", system=system_prompt(make_environment("calculator", {}).schemas()))
 
 
 def test_episode_with_tool_calls_results_and_exact_masks(engine, tokenizer):
@@ -59,7 +58,7 @@ def test_episode_with_tool_calls_results_and_exact_masks(engine, tokenizer):
         lambda _: make_environment("calculator", {"answer": 42}), MultiTurnConfig(max_turns=3, max_context=1024),
     )
     assert len(generate.batches) == max(t.turns for t in result.completions)  # one engine call per turn
-    assert [len(prompts) for prompts, _ in generate.batches][0] == 3
+    assert len(generate.batches[0][0]) == 3  # the first turn batches all three episodes
     made = [call for t in result.completions for call in t.calls]
     assert any(call["error"] is None for call in made), f"no working call: {[t.text for t in result.completions]}"
     assert any(call["error"] == "tool_exception" for call in made), "the raising tool was not reached"
