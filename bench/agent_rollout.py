@@ -43,12 +43,12 @@ from specialists.agent_task import system_prompt  # noqa: E402
 
 
 def agent_prompts(tokenizer, count: int, seed: int = 0) -> list[list[int]]:
-    rng = random.Random(seed)
-        prompts = []
+    rng, schemas = random.Random(seed), make_environment("calculator", {}).schemas()
+    prompts = []
     for _ in range(count):
         name = rng.choice(("add", "subtract", "multiply", "divide"))
         call = json.dumps({"name": name, "arguments": {"a": rng.randint(2, 99), "b": rng.randint(2, 9)}})
-        prompts.append(prompt_ids(tokenizer, f"Send this tool call: {call}", system=system_prompt(make_environment("calculator", {}).schemas())))
+        prompts.append(prompt_ids(tokenizer, f"Send this tool call: {call}", system=system_prompt(schemas)))
     return prompts
 
 
