@@ -11,9 +11,9 @@ Both on one in-process ``RolloutEngine`` (CPU engine env), SmolLM2-135M-Instruct
 
 tokens/s counts sampled (model) tokens only; the multi-turn side also prefills
 the tool-result turns and re-enters the batch once per turn, which is the cost
-measured. The base model rarely calls tools unprompted, so the user turns ask
-it to send a given call (it mostly copies the call, reads the result, and
-either answers or calls again): episodes really are multi-turn (the turn
+measured. The base model rarely calls tools unprompted, so each user turn is
+a call and the system prompt (the tools, then "repeat the user's message")
+asks the model to echo it: episodes really are multi-turn (the turn
 distribution is printed). One warm-up pair, then ``--repeats`` pairs; medians.
 
 Run: ``flock /tmp/posttrain-heavy.lock python bench/agent_rollout.py`` (a few minutes on 2 cores).
@@ -48,7 +48,8 @@ def agent_prompts(tokenizer, count: int, seed: int = 0) -> list[list[int]]:
     for _ in range(count):
         name = rng.choice(("add", "subtract", "multiply", "divide"))
         call = json.dumps({"name": name, "arguments": {"a": rng.randint(2, 99), "b": rng.randint(2, 9)}})
-        prompts.append(prompt_ids(tokenizer, f"Send this tool call: {call}", system=system_prompt(schemas)))
+        system = f"{system_prompt(schemas)}\nRepeat the user's message exactly, and nothing else."
+        prompts.append(prompt_ids(tokenizer, call, system=system))
     return prompts
 
 
