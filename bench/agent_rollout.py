@@ -11,9 +11,9 @@ Both on one in-process ``RolloutEngine`` (CPU engine env), SmolLM2-135M-Instruct
 
 tokens/s counts sampled (model) tokens only; the multi-turn side also prefills
 the tool-result turns and re-enters the batch once per turn, which is the cost
-measured. The base model rarely calls tools unprompted, so the user turns ask
-it to send a given call (it mostly copies the call, reads the result, and
-either answers or calls again): episodes really are multi-turn (the turn
+measured. The base model rarely calls tools unprompted, so each user turn is
+a call and the system prompt (the tools, then "repeat the user's message")
+asks the model to echo it: episodes really are multi-turn (the turn
 distribution is printed). One warm-up pair, then ``--repeats`` pairs; medians.
 
 Run: ``flock /tmp/posttrain-heavy.lock python bench/agent_rollout.py`` (a few minutes on 2 cores).
@@ -39,17 +39,17 @@ from posttrain.models import resolve_model  # noqa: E402
 from rollout.engine import EngineConfig, SamplingSpec, cpu_engine_env  # noqa: E402
 from rollout.environments import make_environment  # noqa: E402
 from rollout.multiturn import MultiTurnConfig, multiturn_rollout  # noqa: E402
-from specialists.agent_task import SYSTEM_PROMPT  # noqa: E402
+from specialists.agent_task import system_prompt  # noqa: E402
 
 
 def agent_prompts(tokenizer, count: int, seed: int = 0) -> list[list[int]]:
-    rng = random.Random(seed)
-    tools = "\n".join(json.dumps(schema) for schema in make_environment("calculator", {}).schemas())
+    rng, schemas = random.Random(seed), make_environment("calculator", {}).schemas()
     prompts = []
     for _ in range(count):
         name = rng.choice(("add", "subtract", "multiply", "divide"))
         call = json.dumps({"name": name, "arguments": {"a": rng.randint(2, 99), "b": rng.randint(2, 9)}})
-        prompts.append(prompt_ids(tokenizer, f"Send this tool call: {call}", system=SYSTEM_PROMPT.format(tools=tools)))
+        system = f"{system_prompt(schemas)}\nRepeat the user's message exactly, and nothing else."
+        prompts.append(prompt_ids(tokenizer, call, system=system))
     return prompts
 
 
@@ -99,7 +99,8 @@ def main() -> None:
         if repeat:
             rows.append((result, multi_seconds, single_tokens, single_seconds))
     ratios = [(r.num_tokens / m) / (t / s) for r, m, t, s in rows]
-    result, multi_seconds, single_tokens, single_seconds = rows[ratios.index(statistics.median(ratios))]
+    middle = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]  # a repeat, even for 2 repeats
+    result, multi_seconds, single_tokens, single_seconds = rows[middle]
     turns = Counter(t.turns for t in result.completions)
     print(f"episodes: {len(result.completions)} ({args.prompts} prompts x {args.n}), max {args.turns} turns, "
           f"max_tokens {args.max_tokens}; turns per episode: {dict(sorted(turns.items()))}; "

@@ -23,11 +23,29 @@ from . import bfcl
 from .data import is_heldout
 from .task import Problem, Task, register_task
 
-SYSTEM_PROMPT = (  # a small model imitates an example far more readily than it follows a description
+# A small model imitates an example far more readily than it follows a description. The example calls
+# the first listed tool with placeholder values (never the task's own): an example naming a tool that is
+# not listed was copied verbatim by the base model (an unknown-tool call), and RL then rewarded the copy.
+SYSTEM_PROMPT = (
     "You are a function-calling assistant. You can call these tools:\n{tools}\n"
-    'To call a tool, reply with only a JSON object, for example: {{"name": "get_time", "arguments": {{"city": "Rome"}}}}\n'
+    "To call a tool, reply with only a JSON object, for example: {example}\n"
     "The result comes back in the next message. When you have what you need, reply with the final answer in plain text."
 )
+PLACEHOLDERS = {"integer": 1, "number": 1.5, "string": "text", "boolean": True, "array": [], "object": {}}
+
+
+def example_call(schema: dict) -> str:
+    """A call of ``schema``'s tool with a placeholder value of the right type for each required argument."""
+    parameters = schema.get("parameters", {})
+    properties = parameters.get("properties", {})
+    arguments = {
+        name: PLACEHOLDERS.get(properties.get(name, {}).get("type"), "text") for name in parameters.get("required", [])
+    }
+    return json.dumps({"name": schema["name"], "arguments": arguments})
+
+
+def system_prompt(schemas: list[dict]) -> str:
+    return SYSTEM_PROMPT.format(tools="\n".join(json.dumps(schema) for schema in schemas), example=example_call(schemas[0]))
 
 
 def env_tasks(env: str, seed: int, count: int, heldout: bool, max_turns: int = 4) -> list[Problem]:
@@ -72,7 +90,7 @@ class AgentTask(Task):
         return [rng.choice(rng.choices(self._train, weights=weights)[0][1]) for _ in range(count)]
 
     def system_prompt(self, problem: Problem) -> str:
-        return SYSTEM_PROMPT.format(tools="\n".join(json.dumps(schema) for schema in problem.fields["tools"]))
+        return system_prompt(problem.fields["tools"])
 
     def reward_sample(self, problem: Problem, completion) -> Sample:
         episode = {
