@@ -29,7 +29,8 @@ def smollm2_path() -> str:
 def ray_local():
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, ignore_reinit_error=True)
+    # address="local": a fresh instance, even when a `ray start` cluster runs on this machine
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
 

@@ -33,6 +33,7 @@ def two_node_cluster(tmp_path):
     """A head and a worker node (2 logical CPUs each); yields the dashboard (job server) address."""
     gcs_port, dashboard_port = _free_port(), _free_port()
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "disabled"  # token auth would need the token shared by every node and CLI call
     common = ["--num-cpus=2", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
     head = subprocess.Popen(
         [RAY, "start", "--head", f"--port={gcs_port}", "--include-dashboard=true",
