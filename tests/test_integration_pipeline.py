@@ -60,6 +60,11 @@ def _cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=120)
 
 
+def _job_status(address: str, job_id: str, env: dict) -> str:
+    result = _cli(["job", "status", f"--address={address}", job_id], env)
+    return result.stdout + result.stderr
+
+
 def _alive_nodes(gcs_port: int, env: dict) -> int:
     script = f"import ray; ray.init(address='127.0.0.1:{gcs_port}'); print(sum(n['Alive'] for n in ray.nodes()))"
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
@@ -88,14 +93,12 @@ def test_pipeline_runs_every_stage_through_ray_job_submit_on_two_nodes(two_node_
     output = tmp_path / "runs"
     submitted = _cli([
         "job", "submit", f"--address={address}", "--working-dir", str(REPO), "--no-wait", "--",
-        "python", "-m", "posttrain.cli", "run", "tests/recipes/tiny_pipeline.yaml", f"run.output_dir={output}",
+        sys.executable, "-m", "posttrain.cli", "run", "tests/recipes/tiny_pipeline.yaml", f"run.output_dir={output}",
     ], env)
     assert submitted.returncode == 0, submitted.stderr
     job_id = next(word for word in submitted.stdout.split() if word.startswith("raysubmit_"))
     deadline = time.time() + 900
-    while (status := _cli(["job", "status", f"--address={address}", job_id], env).stdout) and not any(
-        final in status for final in ("SUCCEEDED", "FAILED", "STOPPED")
-    ):
+    while not any(final in (status := _job_status(address, job_id, env)) for final in ("SUCCEEDED", "FAILED", "STOPPED")):
         assert time.time() < deadline, "the pipeline job did not finish within 15 minutes"
         time.sleep(5)
     logs = _cli(["job", "logs", f"--address={address}", job_id], env).stdout
