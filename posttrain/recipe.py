@@ -272,6 +272,12 @@ class StageRecipe(Strict):
     recipe: str = Field(description="path to the stage's recipe YAML (relative to the working directory)")
     overrides: list[str] = Field(default_factory=list, description="dotted key=value overrides applied to that recipe")
 
+    @field_validator("recipe")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        """Resolved now: a Ray job driver may run stages after its working directory changed."""
+        return str(Path(path).expanduser().resolve())
+
 
 class PipelineConfig(Strict):
     """Specialists -> teachers -> on-policy distillation -> eval, in one driver (``posttrain/pipeline.py``)."""

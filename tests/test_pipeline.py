@@ -44,7 +44,7 @@ def test_teachers_are_each_specialists_final_checkpoint_in_each_mode(tmp_path):
 
 
 def test_a_bad_stage_fails_the_pipeline_recipe_naming_the_stage(tmp_path):
-    with pytest.raises(RecipeError, match=r"pipeline.specialists.add \(missing.yaml\): recipe file"):
+    with pytest.raises(RecipeError, match=r"pipeline.specialists.add \(/.*/missing.yaml\): recipe file"):
         load_recipe(TINY, ["pipeline.specialists.add.recipe=missing.yaml"])
     with pytest.raises(RecipeError, match=r"pipeline.specialists.sub .*task.grpo|grpo.stepz"):
         load_recipe(TINY, ["pipeline.specialists.sub.overrides=[grpo.stepz=3]"])
