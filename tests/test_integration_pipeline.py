@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,8 +36,11 @@ def two_node_cluster(tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     env["RAY_AUTH_MODE"] = "disabled"  # token auth would need the token shared by every node and CLI call
     common = ["--num-cpus=2", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+    # Each node its own (short: socket paths) temp dir, as on separate machines: nodes sharing one would
+    # share runtime_resources/, and one node's cleanup would delete the job's working directory under the other.
+    head_tmp, node_tmp = (tempfile.mkdtemp(prefix=f"/tmp/pt{name}") for name in ("h", "n"))
     head = subprocess.Popen(
-        [RAY, "start", "--head", f"--port={gcs_port}", "--include-dashboard=true",
+        [RAY, "start", "--head", f"--temp-dir={head_tmp}", f"--port={gcs_port}", "--include-dashboard=true",
          f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", *common],
         env=env, start_new_session=True, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
     )
@@ -45,7 +49,7 @@ def two_node_cluster(tmp_path):
         address = f"http://127.0.0.1:{dashboard_port}"
         _wait_for(lambda: _cli(["status", f"--address=127.0.0.1:{gcs_port}"], env).returncode == 0, 120, "head")
         nodes.append(subprocess.Popen(
-            [RAY, "start", f"--address=127.0.0.1:{gcs_port}", *common],
+            [RAY, "start", f"--address=127.0.0.1:{gcs_port}", f"--temp-dir={node_tmp}", *common],
             env=env, start_new_session=True, stdout=open(tmp_path / "node.log", "w"), stderr=subprocess.STDOUT,
         ))
         _wait_for(lambda: _alive_nodes(gcs_port, env) == 2, 120, "second node")
@@ -54,6 +58,8 @@ def two_node_cluster(tmp_path):
     finally:
         for process in reversed(nodes):
             _stop(process)
+        for temp in (head_tmp, node_tmp):
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
