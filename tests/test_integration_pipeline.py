@@ -68,7 +68,7 @@ def _cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
 
 def _job_status(address: str, job_id: str, env: dict) -> str:
     result = _cli(["job", "status", f"--address={address}", job_id], env)
-    return result.stdout + result.stderr
+    return (result.stdout + result.stderr).upper()  # "Job '...' succeeded" / "Status ...: SUCCEEDED"
 
 
 def _alive_nodes(gcs_port: int, env: dict) -> int:
