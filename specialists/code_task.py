@@ -11,14 +11,13 @@ suite's ``check(entry_point)`` -- but executed in our sandbox, never in-process.
 from __future__ import annotations
 
 import os
-import random
 from concurrent.futures import ThreadPoolExecutor
 
 from rewards.code import run_problem
 
 from . import data
 from .code_synth import synth_rows
-from .task import Problem, Task, register_task
+from .task import Problem, Task, register_task, weighted_draw
 
 CODE_INSTRUCTION = "Reply with the complete Python function in a ```python code block."
 HUMANEVAL = "humaneval"
@@ -77,13 +76,7 @@ class CodeTask(Task):
 
     def sample(self, step: int, count: int) -> list[Problem]:
         """The prompts of training step ``step``: a pure function of (seed, step)."""
-        rng = random.Random(self.seed * 1_000_003 + step)
-        weights = [weight for weight, _ in self._train]
-        problems = []
-        for _ in range(count):
-            _, rows = rng.choices(self._train, weights=weights)[0]
-            problems.append(_synth_problem(rows[rng.randrange(len(rows))]))
-        return problems
+        return weighted_draw(self.seed, step, count, self._train, _synth_problem)
 
     def user_message(self, problem: Problem) -> str:
         return f"{problem.question}\n{self.instruction}".strip()

@@ -23,14 +23,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import random
 
 from rewards.ifbench_lib import ensure_nltk_data, ifbench_modules, ifbench_test_path
 from rewards.instruct import check_constraints
 
 from . import data
 from .instruct_data import load_if_synth
-from .task import Problem, Task, register_task
+from .task import Problem, Task, register_task, weighted_draw
 
 log = logging.getLogger("posttrain.instruct")
 IFBENCH = "ifbench"
@@ -92,13 +91,7 @@ class InstructTask(Task):
 
     def sample(self, step: int, count: int) -> list[Problem]:
         """The prompts of training step ``step``: a pure function of (seed, step), so resuming is exact."""
-        rng = random.Random(self.seed * 1_000_003 + step)
-        weights = [weight for weight, _ in self._train]
-        problems = []
-        for _ in range(count):
-            _, rows = rng.choices(self._train, weights=weights)[0]
-            problems.append(_synth_problem(rows[rng.randrange(len(rows))]))
-        return problems
+        return weighted_draw(self.seed, step, count, self._train, _synth_problem)
 
     def heldout_suites(self, names, num_problems: int) -> dict[str, list[Problem]]:
         available = [source_name(s) for s in self.cfg.sources] + [IFBENCH]

@@ -26,7 +26,13 @@ import ray
 import torch
 
 from posttrain.chat import prompt_ids
-from posttrain.modes import assign_modes, eval_mode_names, sampling_spec, sweep_mode, sweep_mode_name
+from posttrain.modes import (
+    assign_modes,
+    eval_mode_names,
+    sampling_spec,
+    sweep_mode,
+    sweep_mode_name,
+)
 from posttrain.policy import Sequences, trainer_actor
 from posttrain.recipe import Recipe
 from posttrain.resume import eval_once, final_checkpoint, resume_point, run_steps

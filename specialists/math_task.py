@@ -7,7 +7,6 @@ are named after their source (``gsm8k``, ``arithmetic(max=15,ops=+-,terms=2)``).
 
 from __future__ import annotations
 
-import random
 import re
 
 from datasets import Dataset
@@ -15,7 +14,7 @@ from datasets import Dataset
 from rewards.math import math_verify
 
 from . import data
-from .task import Problem, Task, register_task
+from .task import Problem, Task, register_task, weighted_draw
 
 
 def load_source(source, seed: int) -> Dataset:
@@ -51,13 +50,7 @@ class MathTask(Task):
 
     def sample(self, step: int, count: int) -> list[Problem]:
         """The prompts of training step ``step``: a pure function of (seed, step), so resuming is exact."""
-        rng = random.Random(self.seed * 1_000_003 + step)
-        weights = [weight for weight, _ in self._train]
-        problems = []
-        for _ in range(count):
-            _, rows = rng.choices(self._train, weights=weights)[0]
-            problems.append(_problem(rows[rng.randrange(len(rows))]))
-        return problems
+        return weighted_draw(self.seed, step, count, self._train, _problem)
 
     def heldout_suites(self, names, num_problems: int) -> dict[str, list[Problem]]:
         suites = heldout_problems(self.cfg.sources, num_problems, self.seed)

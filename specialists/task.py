@@ -22,7 +22,8 @@ takes ``(task_cfg, seed)``; ``TaskConfig.domain`` names it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rewards import Sample, as_weighted
@@ -93,6 +94,17 @@ class Task:
         import ray
 
         return ray.get(engine.generate.remote(prompts, specs))
+
+
+def weighted_draw(seed: int, step: int, count: int, pools: list[tuple[float, Sequence]], to_problem) -> list[Problem]:
+    """``count`` problems, each from a pool drawn by weight: a pure function of (seed, step), so resuming is exact."""
+    rng = random.Random(seed * 1_000_003 + step)
+    weights = [weight for weight, _ in pools]
+    problems = []
+    for _ in range(count):
+        _, rows = rng.choices(pools, weights=weights)[0]
+        problems.append(to_problem(rows[rng.randrange(len(rows))]))
+    return problems
 
 
 def register_task(name: str):
