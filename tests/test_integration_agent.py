@@ -15,7 +15,7 @@ from rollout.tools import Tool
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: a module-wide engine would hold a CPU the recipe test's trainer needs
 def engine(smollm2_path, ray_local):
     actor = engine_actor(EngineConfig(model=smollm2_path, max_model_len=1024, kv_cache_gib=0.5))
     ray.get(actor.ready.remote())
