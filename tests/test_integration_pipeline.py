@@ -97,10 +97,15 @@ def _stop(process: subprocess.Popen) -> None:
 def test_pipeline_runs_every_stage_through_ray_job_submit_on_two_nodes(two_node_cluster, tmp_path, tiny_model_path):
     address, env = two_node_cluster
     output = tmp_path / "runs"
-    submitted = _cli([
+    submit = [
         "job", "submit", f"--address={address}", "--working-dir", str(REPO), "--no-wait", "--",
         sys.executable, "-m", "posttrain.cli", "run", "tests/recipes/tiny_pipeline.yaml", f"run.output_dir={output}",
-    ], env)
+    ]
+    for _ in range(30):  # the job server answers before the head's job agent is up: "No available agent"
+        submitted = _cli(submit, env)
+        if submitted.returncode == 0 or "No available agent" not in submitted.stderr:
+            break
+        time.sleep(2)
     assert submitted.returncode == 0, submitted.stderr
     job_id = next(word for word in submitted.stdout.split() if word.startswith("raysubmit_"))
     deadline = time.time() + 900
