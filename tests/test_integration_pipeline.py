@@ -7,6 +7,7 @@ them (``ray stop`` would stop every Ray instance on the machine).
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -67,8 +68,10 @@ def _cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
 
 
 def _job_status(address: str, job_id: str, env: dict) -> str:
+    """The job's status word, from `ray job status` (its output may carry ANSI colours)."""
     result = _cli(["job", "status", f"--address={address}", job_id], env)
-    return (result.stdout + result.stderr).upper()  # "Job '...' succeeded" / "Status ...: SUCCEEDED"
+    found = re.search(r"Job '[^']*' (succeeded|failed|stopped)", result.stdout + result.stderr)
+    return found.group(1).upper() if found else "RUNNING"
 
 
 def _alive_nodes(gcs_port: int, env: dict) -> int:
@@ -107,13 +110,13 @@ def test_pipeline_runs_every_stage_through_ray_job_submit_on_two_nodes(two_node_
             break
         time.sleep(2)
     assert submitted.returncode == 0, submitted.stderr
-    job_id = next(word for word in submitted.stdout.split() if word.startswith("raysubmit_"))
+    job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submitted.stdout + submitted.stderr).group(0)
     deadline = time.time() + 900
-    while not any(final in (status := _job_status(address, job_id, env)) for final in ("SUCCEEDED", "FAILED", "STOPPED")):
+    while (status := _job_status(address, job_id, env)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
         assert time.time() < deadline, "the pipeline job did not finish within 15 minutes"
         time.sleep(5)
     logs = _cli(["job", "logs", f"--address={address}", job_id], env).stdout
-    assert "SUCCEEDED" in status, logs[-4000:]
+    assert status == "SUCCEEDED", logs[-4000:]
 
     ledger = json.loads((output / "tiny_pipeline" / "pipeline.json").read_text())
     stages = ["specialist-add", "specialist-sub", "teachers", "distill", "eval"]
