@@ -17,7 +17,7 @@ from rewards.code import run_problem
 
 from . import data
 from .code_synth import synth_rows
-from .task import Problem, Task, register_task, weighted_draw
+from .task import Problem, Task, register_task, training_pools, weighted_draw
 
 CODE_INSTRUCTION = "Reply with the complete Python function in a ```python code block."
 HUMANEVAL = "humaneval"
@@ -64,12 +64,8 @@ class CodeTask(Task):
 
     def __init__(self, task_cfg, seed: int = 0):
         super().__init__(task_cfg, seed)
-        self._train = []
-        for source in task_cfg.sources:
-            rows = split(load_source(source, seed), heldout=False)
-            if not rows:
-                raise ValueError(f"source {source_name(source)} has no training rows")
-            self._train.append((source.weight, rows))
+        rows = lambda source: split(load_source(source, seed), heldout=False)  # noqa: E731
+        self._train = training_pools(task_cfg.sources, rows, source_name)
         # TaskConfig's default instruction is math's; a code recipe that leaves it unset gets ours.
         explicit = "instruction" in task_cfg.model_fields_set
         self.instruction = task_cfg.instruction if explicit else CODE_INSTRUCTION

@@ -29,7 +29,7 @@ from rewards.instruct import check_constraints
 
 from . import data
 from .instruct_data import load_if_synth
-from .task import Problem, Task, register_task, weighted_draw
+from .task import Problem, Task, register_task, training_pools, weighted_draw
 
 log = logging.getLogger("posttrain.instruct")
 IFBENCH = "ifbench"
@@ -79,12 +79,8 @@ class InstructTask(Task):
     def __init__(self, task_cfg, seed: int = 0):
         super().__init__(task_cfg, seed)
         ensure_nltk_data()  # fail here, clearly, rather than as silently failed constraints later
-        self._train = []
-        for source in task_cfg.sources:
-            rows = data.split_rows(load_source(source, seed), heldout=False)
-            if len(rows) == 0:
-                raise ValueError(f"source {source_name(source)} has no training rows")
-            self._train.append((source.weight, rows))
+        rows = lambda source: data.split_rows(load_source(source, seed), heldout=False)  # noqa: E731
+        self._train = training_pools(task_cfg.sources, rows, source_name)
 
     def user_message(self, problem: Problem) -> str:
         return problem.question

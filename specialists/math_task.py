@@ -14,7 +14,7 @@ from datasets import Dataset
 from rewards.math import math_verify
 
 from . import data
-from .task import Problem, Task, register_task, weighted_draw
+from .task import Problem, Task, register_task, training_pools, weighted_draw
 
 
 def load_source(source, seed: int) -> Dataset:
@@ -41,12 +41,8 @@ class MathTask(Task):
 
     def __init__(self, task_cfg, seed: int = 0):
         super().__init__(task_cfg, seed)
-        self._train = []
-        for source in task_cfg.sources:
-            rows = data.split_rows(load_source(source, seed), heldout=False)
-            if len(rows) == 0:
-                raise ValueError(f"source {source_name(source)} has no training rows")
-            self._train.append((source.weight, rows))
+        rows = lambda source: data.split_rows(load_source(source, seed), heldout=False)  # noqa: E731
+        self._train = training_pools(task_cfg.sources, rows, source_name)
 
     def sample(self, step: int, count: int) -> list[Problem]:
         """The prompts of training step ``step``: a pure function of (seed, step), so resuming is exact."""

@@ -96,6 +96,17 @@ class Task:
         return ray.get(engine.generate.remote(prompts, specs))
 
 
+def training_pools(sources, training_rows, source_name) -> list[tuple[float, Sequence]]:
+    """``(weight, rows)`` per source, ``training_rows(source)`` being its non-held-out rows; none may be empty."""
+    pools = []
+    for source in sources:
+        rows = training_rows(source)
+        if len(rows) == 0:
+            raise ValueError(f"source {source_name(source)} has no training rows")
+        pools.append((source.weight, rows))
+    return pools
+
+
 def weighted_draw(seed: int, step: int, count: int, pools: list[tuple[float, Sequence]], to_problem) -> list[Problem]:
     """``count`` problems, each from a pool drawn by weight: a pure function of (seed, step), so resuming is exact."""
     rng = random.Random(seed * 1_000_003 + step)
