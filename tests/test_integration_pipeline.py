@@ -32,11 +32,15 @@ def _free_port() -> int:
 
 @pytest.fixture
 def two_node_cluster(tmp_path):
-    """A head and a worker node (2 logical CPUs each); yields the dashboard (job server) address."""
+    """A head and a worker node (2 logical CPUs each); yields the job server's address, the env, the head's temp dir."""
     gcs_port, dashboard_port = _free_port(), _free_port()
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     env["RAY_AUTH_MODE"] = "disabled"  # token auth would need the token shared by every node and CLI call
-    common = ["--num-cpus=2", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]
+    # The dashboard agent's HTTP port on a free one: the default (52365) is taken by any other Ray on the
+    # machine (the test session's own local cluster, a second node), and an agent that cannot bind it stays
+    # up without its job server, so `ray job submit` answers "No available agent" forever.
+    common = ["--num-cpus=2", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+              "--dashboard-agent-listen-port=0"]
     # Each node its own (short: socket paths) temp dir, as on separate machines: nodes sharing one would
     # share runtime_resources/, and one node's cleanup would delete the job's working directory under the other.
     head_tmp, node_tmp = (tempfile.mkdtemp(prefix=f"/tmp/pt{name}") for name in ("h", "n"))
@@ -55,12 +59,17 @@ def two_node_cluster(tmp_path):
         ))
         _wait_for(lambda: _alive_nodes(gcs_port, env) == 2, 120, "second node")
         _wait_for(lambda: _cli(["job", "list", f"--address={address}"], env).returncode == 0, 120, "job server")
-        yield address, env
+        yield address, env, head_tmp
     finally:
         for process in reversed(nodes):
             _stop(process)
         for temp in (head_tmp, node_tmp):
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def _agent_log_tail(head_tmp: str) -> str:
+    logs = Path(head_tmp).glob("session_latest/logs/dashboard_agent.log")
+    return "".join(f"\n--- {log}\n" + log.read_text()[-2000:] for log in logs)
 
 
 def _cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -98,7 +107,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def test_pipeline_runs_every_stage_through_ray_job_submit_on_two_nodes(two_node_cluster, tmp_path, tiny_model_path):
-    address, env = two_node_cluster
+    address, env, head_tmp = two_node_cluster
     output = tmp_path / "runs"
     submit = [
         "job", "submit", f"--address={address}", "--working-dir", str(REPO), "--no-wait", "--",
@@ -109,7 +118,7 @@ def test_pipeline_runs_every_stage_through_ray_job_submit_on_two_nodes(two_node_
         if submitted.returncode == 0 or "No available agent" not in submitted.stderr:
             break
         time.sleep(2)
-    assert submitted.returncode == 0, submitted.stderr
+    assert submitted.returncode == 0, submitted.stderr[-2000:] + _agent_log_tail(head_tmp)
     job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submitted.stdout + submitted.stderr).group(0)
     deadline = time.time() + 900
     while (status := _job_status(address, job_id, env)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
