@@ -4,7 +4,8 @@ Both on one in-process ``RolloutEngine`` (CPU engine env), SmolLM2-135M-Instruct
 
 - multi-turn: ``rollout.multiturn.multiturn_rollout`` over calculator episodes
   (``--prompts`` x ``--n`` episodes, up to ``--turns`` model turns, temperature 1.0):
-  one batched ``generate`` per turn, tool results appended as chat turns;
+  in one continuous batch, each episode's next turn submitted as soon as its tool results are in,
+  tool results appended as chat turns;
 - single-turn: the same prompts, one request per episode, each made to sample
   exactly as many tokens as that episode's model turns did in all
   (``ignore_eos``), in one batched call.
@@ -15,6 +16,8 @@ measured. The base model rarely calls tools unprompted, so each user turn is
 a call and the system prompt (the tools, then "repeat the user's message")
 asks the model to echo it: episodes really are multi-turn (the turn
 distribution is printed). One warm-up pair, then ``--repeats`` pairs; medians.
+``--tool-choice required`` decodes first turns under the call schema (the cost
+of vLLM structured outputs).
 
 Run: ``flock /tmp/posttrain-heavy.lock python bench/agent_rollout.py`` (a few minutes on 2 cores).
 """
@@ -53,11 +56,17 @@ def agent_prompts(tokenizer, count: int, seed: int = 0) -> list[list[int]]:
     return prompts
 
 
-def run_multiturn(engine, prompts, spec: SamplingSpec, turns: int):
+def calculator(tool_choice: str):
+    env = make_environment("calculator", {})
+    env.tool_choice = tool_choice
+    return env
+
+
+def run_multiturn(engine, prompts, spec: SamplingSpec, turns: int, tool_choice: str):
     config = MultiTurnConfig(max_turns=turns, max_context=engine.config.max_model_len)
     start = time.perf_counter()
-    result = multiturn_rollout(engine.generate, engine.tokenizer, prompts, [spec] * len(prompts),
-                               lambda _: make_environment("calculator", {}), config)
+    result = multiturn_rollout(engine, engine.tokenizer, prompts, [spec] * len(prompts),
+                               lambda _: calculator(tool_choice), config)
     return result, time.perf_counter() - start
 
 
@@ -84,6 +93,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=192, help="per episode: model turns + tool results")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tool-choice", default="auto", choices=("auto", "required"),
+                        help="required: first turns decoded under the call schema (vLLM structured outputs)")
     args = parser.parse_args()
     for key, value in cpu_engine_env().items():
         os.environ.setdefault(key, value)
@@ -94,7 +105,7 @@ def main() -> None:
     spec = SamplingSpec(n=args.n, temperature=1.0, max_tokens=args.max_tokens)
     rows = []
     for repeat in range(args.repeats + 1):  # the first pair warms up
-        result, multi_seconds = run_multiturn(engine, prompts, spec, args.turns)
+        result, multi_seconds = run_multiturn(engine, prompts, spec, args.turns, args.tool_choice)
         single_tokens, single_seconds = run_single(engine, prompts, spec, result.completions)
         if repeat:
             rows.append((result, multi_seconds, single_tokens, single_seconds))
@@ -103,8 +114,8 @@ def main() -> None:
     result, multi_seconds, single_tokens, single_seconds = rows[middle]
     turns = Counter(t.turns for t in result.completions)
     print(f"episodes: {len(result.completions)} ({args.prompts} prompts x {args.n}), max {args.turns} turns, "
-          f"max_tokens {args.max_tokens}; turns per episode: {dict(sorted(turns.items()))}; "
-          f"env token share {result.metrics['agent/env_token_share']:.2f}; generate calls {result.metrics['agent/generate_calls']:.0f}")
+          f"max_tokens {args.max_tokens}, tool_choice {args.tool_choice}; turns per episode: {dict(sorted(turns.items()))}; "
+          f"env token share {result.metrics['agent/env_token_share']:.2f}; submits {result.metrics['agent/submits']:.0f}")
     print(f"multi-turn : {result.num_tokens} sampled tokens in {multi_seconds:.2f} s = {result.num_tokens / multi_seconds:.1f} tokens/s")
     print(f"single-turn: {single_tokens} sampled tokens in {single_seconds:.2f} s = {single_tokens / single_seconds:.1f} tokens/s")
     print(f"multi/single throughput: median {statistics.median(ratios):.2f}x over {len(ratios)} repeats "

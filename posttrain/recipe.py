@@ -135,6 +135,11 @@ class AgentEnvSource(Strict):
     weight: float = Field(1.0, gt=0, description="sampling weight among the task's sources")
     count: int = Field(2000, gt=0, description="tasks drawn (deduplicated; 10% held out by hash)")
     max_turns: int = Field(4, gt=0, description="model turns per episode (the environment may allow fewer)")
+    forced_call_share: float = Field(
+        0.0, ge=0, le=1, description="share of each training group's episodes whose first turn is decoded as a "
+        "call of one of the tools (vLLM structured outputs); forced calls beside free answers in one group give "
+        "a base model that writes prose its first format signal. 0: the model decides. Held-out suites never force",
+    )
 
     @field_validator("env")
     @classmethod

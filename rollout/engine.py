@@ -41,6 +41,9 @@ class SamplingSpec:
     stop: tuple[str, ...] = ()
     thinking_budget: int | None = None  # None: no thinking phase; else think at most this many tokens
     think_close: str = "</think>"  # the tag that ends thinking (forced at the budget)
+    # a JSON schema (as a JSON string) the answer must satisfy: vLLM structured outputs (xgrammar) constrain
+    # the answer phase only, thinking stays free; e.g. a tool call (``rollout.tools.call_json_schema``)
+    json_schema: str | None = None
 
 
 @dataclass
@@ -105,6 +108,18 @@ class EngineConfig:
     block_size: int | None = None
 
 
+@dataclass
+class _Ticket:
+    """One submitted prompt: its samples as they finish (slot -> Completion)."""
+
+    index: int  # the prompt's position in its submit call
+    prompt: list[int]
+    spec: SamplingSpec
+    forced_ids: list[int] | None  # the close tag forced at the thinking budget
+    done: dict[int, Completion] = field(default_factory=dict)
+    running: int = 0  # its requests in the engine
+
+
 class RolloutEngine:
     """Wraps ``vllm.LLM``. Use ``RolloutEngine.remote_actor(...)`` to get a Ray actor."""
 
@@ -136,7 +151,11 @@ class RolloutEngine:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self._special_ids = set(self.tokenizer.all_special_ids)  # EOS and friends end a thinking phase early
-        self._request_ids = itertools.count()
+        self._request_ids, self._tickets = itertools.count(), itertools.count()
+        self._pending: dict[str, tuple[str, int, int]] = {}  # request id -> (phase, ticket, sample slot)
+        self._open: dict[int, _Ticket] = {}  # submitted prompts with samples still running
+        self._finished: dict[int, list[Completion]] = {}  # done, not yet returned
+        self._close_ids: dict[str, list[int]] = {}  # think_close -> the ids forced at a budget
         self._in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
 
     def generate(
@@ -148,47 +167,91 @@ class RolloutEngine:
         (n=1) so that, the moment its thinking ends, its answer request joins the
         batch: no phase waits for the slowest sample of another.
         """
+        start = time.perf_counter()
+        tickets = self.submit(prompts, spec)
+        while not all(ticket in self._finished for ticket in tickets):
+            if not self._pending:
+                raise RuntimeError(f"tickets {[t for t in tickets if t not in self._finished]} were lost")
+            self._step()
+        completions = [c for ticket in tickets for c in self._finished.pop(ticket)]
+        return GenerateResult(completions, time.perf_counter() - start)
+
+    def submit(self, prompts: list[list[int]], spec: SamplingSpec | list[SamplingSpec]) -> list[int]:
+        """Queue prompts on the running batch without waiting: one ticket per prompt, for ``poll``.
+
+        A completion's ``prompt_index`` is its prompt's position in this call.
+        """
         specs = [spec] * len(prompts) if isinstance(spec, SamplingSpec) else list(spec)
         if len(specs) != len(prompts):
             raise ValueError(f"{len(specs)} sampling specs for {len(prompts)} prompts")
-        forced_ids = {s.think_close: self._forced_close_ids(s) for s in specs if s.thinking_budget is not None}
-        start = time.perf_counter()
-        keys, requests, params = [], [], []
-        for index, (ids, one) in enumerate(zip(prompts, specs)):
-            slots = range(one.n) if one.thinking_budget is not None else [None]
-            for slot in slots:
-                keys.append(("think" if slot is not None else "plain", index, slot or 0))
-                requests.append({"prompt_token_ids": ids})
-                params.append(_first_phase_params(one))
-        pending = {self._add_request(request, one): key for request, one, key in zip(requests, params, keys)}
-        done: dict[tuple[int, int], Completion] = {}
-        while self.llm.llm_engine.has_unfinished_requests():
-            for output in self.llm.llm_engine.step():
-                if not output.finished:
-                    continue
-                phase, index, slot = pending.pop(output.request_id)
-                if phase == "plain":
-                    done |= {(index, k): _completion(index, sample) for k, sample in enumerate(output.outputs)}
-                elif phase == "think":
-                    done[index, slot] = completion = _completion(index, output.outputs[0])
-                    answer_params = self._close_thinking(completion, output.outputs[0], specs[index], forced_ids)
-                    request = {"prompt_token_ids": prompts[index] + completion.token_ids}
-                    pending[self._add_request(request, answer_params)] = ("answer", index, slot)
-                else:
-                    _append_answer(done[index, slot], output.outputs[0])
-        return GenerateResult([done[key] for key in sorted(done)], time.perf_counter() - start)
+        tickets = []
+        try:
+            for index, (ids, one) in enumerate(zip(prompts, specs)):
+                forced = self._forced_close_ids(one) if one.thinking_budget is not None else None
+                tickets.append(ticket := next(self._tickets))
+                self._open[ticket] = _Ticket(index, ids, one, forced)
+                slots = range(one.n) if one.thinking_budget is not None else [None]
+                for slot in slots:  # thinking samples are requests of their own
+                    phase = "think" if slot is not None else "plain"
+                    self._add_request({"prompt_token_ids": ids}, _first_phase_params(one), (phase, ticket, slot or 0))
+        except Exception:  # e.g. a prompt longer than the context: the call's earlier requests go too
+            self._abort(set(tickets))
+            raise
+        return tickets
 
-    def _add_request(self, prompt: dict, params) -> str:
-        """Queue one request on the running engine; outputs come back under the id returned here."""
+    def _abort(self, tickets: set[int]) -> None:
+        requests = [request for request, key in self._pending.items() if key[1] in tickets]
+        self.llm.llm_engine.abort_request(requests)
+        for request in requests:
+            del self._pending[request]
+        for ticket in tickets:
+            self._open.pop(ticket, None)
+
+    def poll(self) -> list[tuple[int, list[Completion]]]:
+        """Run the batch until a submitted prompt has all its samples; return every finished ``(ticket,
+        completions)`` not returned before ([] when nothing is running). The caller may ``submit`` more
+        between polls (e.g. the next turn of an episode that just finished): nothing waits for a straggler."""
+        while not self._finished and self._pending:
+            self._step()
+        finished = sorted(self._finished.items())
+        self._finished.clear()
+        return finished
+
+    def _step(self) -> None:
+        """One engine step: finished thinking phases get their answer request, finished samples their ticket."""
+        for output in self.llm.llm_engine.step():
+            if not output.finished:
+                continue
+            phase, ticket, slot = self._pending.pop(output.request_id)
+            state = self._open[ticket]
+            state.running -= 1
+            if phase == "plain":
+                state.done |= {k: _completion(state.index, sample) for k, sample in enumerate(output.outputs)}
+            elif phase == "think":
+                state.done[slot] = completion = _completion(state.index, output.outputs[0])
+                answer_params = self._close_thinking(completion, output.outputs[0], state.spec, state.forced_ids)
+                request = {"prompt_token_ids": state.prompt + completion.token_ids}
+                self._add_request(request, answer_params, ("answer", ticket, slot))
+            else:
+                _append_answer(state.done[slot], output.outputs[0])
+            if state.running == 0:
+                self._finished[ticket] = [state.done[k] for k in sorted(state.done)]
+                del self._open[ticket]
+
+    def _add_request(self, prompt: dict, params, key: tuple[str, int, int]) -> None:
+        """Queue one request on the running engine, for sample ``key`` = (phase, ticket, slot)."""
         from vllm.sampling_params import RequestOutputKind
 
         params.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate: only the finished output
         request_id = f"rollout-{next(self._request_ids)}"
         self.llm.llm_engine.add_request(request_id, prompt, params)
-        return request_id
+        self._pending[request_id] = key
+        self._open[key[1]].running += 1
 
     def _forced_close_ids(self, spec: SamplingSpec) -> list[int]:
-        ids = self.tokenizer(spec.think_close + "\n", add_special_tokens=False)["input_ids"]
+        if spec.think_close not in self._close_ids:
+            self._close_ids[spec.think_close] = self.tokenizer(spec.think_close + "\n", add_special_tokens=False)["input_ids"]
+        ids = self._close_ids[spec.think_close]
         if spec.thinking_budget + len(ids) >= spec.max_tokens:
             raise ValueError(
                 f"thinking_budget {spec.thinking_budget} + close tag ({len(ids)} tokens) leaves no answer "
@@ -196,14 +259,13 @@ class RolloutEngine:
             )
         return ids
 
-    def _close_thinking(self, completion: Completion, sample, spec: SamplingSpec, forced_ids: dict):
+    def _close_thinking(self, completion: Completion, sample, spec: SamplingSpec, close: list[int]):
         """End a finished thinking phase (forcing the close tag unless the model wrote it); the answer's params."""
         if sample.stop_reason == spec.think_close:
             completion.thinking_tokens = len(completion.token_ids)
         else:  # budget reached, or EOS while thinking: drop the EOS and force the tag
             if completion.token_ids and completion.token_ids[-1] in self._special_ids:
                 _drop_last(completion)
-            close = forced_ids[spec.think_close]
             completion.thinking_tokens = len(completion.token_ids)
             completion.loss_mask = [1] * len(completion.token_ids) + [0] * len(close)
             completion.token_ids += close
@@ -264,6 +326,7 @@ def _first_phase_params(spec: SamplingSpec):
         stop=stop or None,
         include_stop_str_in_output=spec.thinking_budget is not None,
         logprobs=0,  # the sampled token's log-prob only
+        structured_outputs=_structured(spec) if spec.thinking_budget is None else None,
     )
 
 
@@ -272,8 +335,17 @@ def _answer_params(spec: SamplingSpec, max_tokens: int):
 
     return SamplingParams(
         n=1, temperature=spec.temperature, top_p=spec.top_p, max_tokens=max_tokens,
-        stop=list(spec.stop) or None, logprobs=0,
+        stop=list(spec.stop) or None, logprobs=0, structured_outputs=_structured(spec),
     )
+
+
+def _structured(spec: SamplingSpec):
+    """vLLM's structured-output constraint for the answer, or None."""
+    if spec.json_schema is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    return StructuredOutputsParams(json=spec.json_schema)
 
 
 def _completion(prompt_index: int, sample) -> Completion:
@@ -317,6 +389,23 @@ def cpu_engine_env(threads: int | None = None) -> dict[str, str]:
     """
     threads = threads or os.cpu_count() or 1
     return {**CPU_ENGINE_ENV, "OMP_NUM_THREADS": str(threads), "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}"}
+
+
+class EngineClient:
+    """A ``RolloutEngine`` Ray actor behind the engine's own blocking methods (for a multi-turn rollout)."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def submit(self, prompts: list[list[int]], specs: list[SamplingSpec]) -> list[int]:
+        import ray
+
+        return ray.get(self.actor.submit.remote(prompts, specs))
+
+    def poll(self) -> list[tuple[int, list[Completion]]]:
+        import ray
+
+        return ray.get(self.actor.poll.remote())
 
 
 def engine_actor(config: EngineConfig, num_cpus: float = 1, num_gpus: float = 0):

@@ -70,6 +70,9 @@ class Environment:
 
     name = "?"
     max_turns = 4  # model turns per episode; the rollout's own limit also applies
+    # "auto": the model decides whether to call; "required": its first turn is decoded under the schema of a
+    # call of one of the tools (``SamplingSpec.json_schema``), as OpenAI's tool_choice="required"
+    tool_choice = "auto"
 
     def tools(self) -> list[Tool]:
         """The tools of this episode (the ``@tool`` methods bound to this instance)."""

@@ -1,7 +1,10 @@
 """Multi-turn tool-use rollouts on the engine: model turn -> tool calls -> results -> next turn.
 
-One ``generate`` call per turn serves every still-running episode of the batch
-(all prompts x all samples), so turns are batched like single-turn sampling.
+Every episode of the batch (all prompts x all samples) runs in the engine's one
+continuous batch: the first turns are submitted together, and the moment an
+episode's turn finishes, its calls run and its next turn joins the running
+batch (``RolloutEngine.submit`` / ``poll``). No episode waits for the slowest
+episode of its turn, as a turn-by-turn ``generate`` loop would.
 A trajectory keeps the model's sampled token ids exactly as sampled and
 appends only the environment's delta (the turn's end, the tool-result turn
 rendered by the tokenizer's chat template, the next assistant header and the
@@ -18,18 +21,26 @@ and the context window; thinking modes are budget-forced per turn by the engine.
 Bad input never stops a batch: malformed calls, unknown tools, bad arguments,
 and exceptions inside tools become error results the model reads next turn,
 counted per kind (``Trajectory.errors``, ``GenerateResult.metrics``).
+
+An environment with ``tool_choice = "required"`` gets its first model turn
+decoded under the JSON schema of a call of one of its tools (vLLM structured
+outputs): the call always parses and fits its tool's signature. Only the
+sampling is constrained; the trainer scores the tokens under the free policy.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from .calls import parse_calls
 from .engine import Completion, GenerateResult, SamplingSpec
 from .environments import ERROR_KINDS, Environment
+from .tools import call_json_schema
 
 MIN_ANSWER_TOKENS = 16  # a thinking turn keeps this much room for its close tag and answer (as modes do)
 
@@ -114,13 +125,24 @@ class _Episode:
     max_turns: int
     out: Trajectory = None
     done: bool = False
+    call_schema: str | None = None  # the first turn's constraint (``tool_choice: required``)
 
     def __post_init__(self) -> None:
         self.out = Trajectory(self.index, [], [], "", False, loss_mask=[], answer_text="")
+        if self.env.tool_choice == "required":
+            self.call_schema = json.dumps(call_json_schema(self.env.tools()))
+
+
+class TurnEngine(Protocol):
+    """What a multi-turn rollout needs of an engine: ``RolloutEngine``, or ``EngineClient`` for a Ray actor."""
+
+    def submit(self, prompts: list[list[int]], specs: list[SamplingSpec]) -> list[int]: ...
+
+    def poll(self) -> list[tuple[int, list[Completion]]]: ...
 
 
 def multiturn_rollout(
-    generate: Callable[[list[list[int]], list[SamplingSpec]], GenerateResult],
+    engine: TurnEngine,
     tokenizer,
     prompts: list[list[int]],
     specs: list[SamplingSpec],
@@ -129,7 +151,7 @@ def multiturn_rollout(
 ) -> GenerateResult:
     """``spec.n`` episodes per prompt, each with a fresh ``make_env(prompt_index)``; prompt-major output.
 
-    ``generate(prompts, specs)`` is the engine's ``generate`` (e.g. ``ray.get(actor.generate.remote(...))``).
+    The engine must serve only this rollout while it runs (``poll`` returns every finished ticket).
     """
     if len(specs) != len(prompts):
         raise ValueError(f"{len(specs)} sampling specs for {len(prompts)} prompts")
@@ -140,26 +162,40 @@ def multiturn_rollout(
             env = make_env(index)
             turns = min(config.max_turns, env.max_turns)
             episodes.append(_Episode(index, env, prompt, spec, chat.prefill(prompt), turns))
-    generate_calls = 0
-    while active := [episode for episode in episodes if not episode.done]:
-        ready, turn_specs = [], []
-        for episode in active:
-            spec = _turn_spec(episode, config)
-            if spec is None:
-                _finish(episode, "budget")
-            else:
-                ready.append(episode)
-                turn_specs.append(spec)
-        if not ready:
-            break
-        result = generate([episode.prompt + episode.out.token_ids for episode in ready], turn_specs)
-        generate_calls += 1
-        for episode, turn in zip(ready, result.completions):
+    in_flight: dict[int, _Episode] = {}  # ticket -> the episode whose turn it samples
+    submits = _submit_turns(engine, episodes, config, in_flight)
+    while in_flight:
+        finished = engine.poll()
+        if not finished:
+            raise RuntimeError(f"the engine returned nothing for {len(in_flight)} running episodes")
+        going_on = []
+        for ticket, (turn,) in finished:
+            episode = in_flight.pop(ticket)
             _absorb(episode, turn, chat, config)
+            if not episode.done:
+                going_on.append(episode)
+        submits += _submit_turns(engine, going_on, config, in_flight)
     trajectories = [episode.out for episode in episodes]
     rollout = GenerateResult(trajectories, time.perf_counter() - start)
-    rollout.metrics = rollout_metrics(trajectories) | {"agent/generate_calls": float(generate_calls)}
+    rollout.metrics = rollout_metrics(trajectories) | {"agent/submits": float(submits)}
     return rollout
+
+
+def _submit_turns(engine: TurnEngine, episodes: list[_Episode], config: MultiTurnConfig, in_flight: dict) -> int:
+    """Submit the next turn of each episode that has room for one (the others end): 1 if anything went."""
+    ready, turn_specs = [], []
+    for episode in episodes:
+        spec = _turn_spec(episode, config)
+        if spec is None:
+            _finish(episode, "budget")
+        else:
+            ready.append(episode)
+            turn_specs.append(spec)
+    if not ready:
+        return 0
+    tickets = engine.submit([episode.prompt + episode.out.token_ids for episode in ready], turn_specs)
+    in_flight.update(zip(tickets, ready))
+    return 1
 
 
 def _turn_spec(episode: _Episode, config: MultiTurnConfig) -> SamplingSpec | None:
@@ -168,10 +204,11 @@ def _turn_spec(episode: _Episode, config: MultiTurnConfig) -> SamplingSpec | Non
     room = min(episode.spec.max_tokens - used, config.max_context - len(episode.prompt) - used)
     if room < config.min_turn_tokens:
         return None
+    schema = episode.call_schema if episode.out.turns == 0 else None
     if episode.spec.thinking_budget is None:
-        return replace(episode.spec, n=1, max_tokens=room)
+        return replace(episode.spec, n=1, max_tokens=room, json_schema=schema)
     budget = min(episode.spec.thinking_budget, room - MIN_ANSWER_TOKENS)
-    return replace(episode.spec, n=1, max_tokens=room, thinking_budget=budget) if budget > 0 else None
+    return replace(episode.spec, n=1, max_tokens=room, thinking_budget=budget, json_schema=schema) if budget > 0 else None
 
 
 def _absorb(episode: _Episode, turn: Completion, chat: ChatDeltas, config: MultiTurnConfig) -> None:

@@ -131,6 +131,26 @@ def parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     return " ".join(part for part in summary if part).strip(), args
 
 
+def call_json_schema(tools: list[Tool]) -> dict:
+    """The JSON schema of exactly one call of one of ``tools``: ``{"name": <tool>, "arguments": {...}}``,
+    the arguments as strict as the tool's own validation. For constrained decoding (``tool_choice:
+    required``): the call then always parses and always fits its tool's signature."""
+    if not tools:
+        raise ValueError("a call schema needs at least one tool")
+    shared_defs, options = {}, []
+    for one in tools:
+        arguments = one.arguments_model.model_json_schema()
+        shared_defs |= arguments.pop("$defs", {})  # nested models: their $refs point at the root's $defs
+        options.append({
+            "type": "object",
+            "properties": {"name": {"const": one.name}, "arguments": arguments},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        })
+    schema = {"anyOf": options}
+    return schema | {"$defs": shared_defs} if shared_defs else schema
+
+
 def _compact(schema):
     """Drop pydantic's titles (they repeat the names) and ``additionalProperties`` (validation enforces it):
     they only cost prompt tokens. A parameter named ``title`` stays."""

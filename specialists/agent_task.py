@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
+from collections.abc import Callable
 
 from rewards import Sample
 from rollout.calls import calls_match
-from rollout.environments import environment_class, make_environment
+from rollout.engine import EngineClient
+from rollout.environments import Environment, environment_class, make_environment
 from rollout.multiturn import MultiTurnConfig, multiturn_rollout
 
 from . import bfcl
@@ -48,7 +51,9 @@ def system_prompt(schemas: list[dict]) -> str:
     return SYSTEM_PROMPT.format(tools="\n".join(json.dumps(schema) for schema in schemas), example=example_call(schemas[0]))
 
 
-def env_tasks(env: str, seed: int, count: int, heldout: bool, max_turns: int = 4) -> list[Problem]:
+def env_tasks(
+    env: str, seed: int, count: int, heldout: bool, max_turns: int = 4, forced_call_share: float = 0.0
+) -> list[Problem]:
     """``count`` draws of ``env``'s procedural tasks (deduplicated by question), the held-out slice or the rest."""
     cls, rng, seen, problems = environment_class(env), random.Random(f"{env}-{seed}"), set(), []
     for _ in range(count):
@@ -65,9 +70,27 @@ def env_tasks(env: str, seed: int, count: int, heldout: bool, max_turns: int = 4
             "expected_calls": task.expected_calls,
             "answer": task.answer,
             "max_turns": max_turns,
+            "forced_call_share": forced_call_share,
         }
         problems.append(Problem(task.question, fields, source=f"tool_env({env})", id=f"{env}-{len(problems)}"))
     return problems
+
+
+def episode_envs(problems: list[Problem], specs: list) -> Callable[[int], Environment]:
+    """``make_env(prompt_index)`` for a rollout, called once per episode: a fresh environment of the
+    problem's setup; the first ``forced_call_share`` of each group's episodes must open with a call."""
+    episodes = Counter()
+
+    def make_env(index: int) -> Environment:
+        fields, episode = problems[index].fields, episodes[index]
+        episodes[index] += 1
+        env = make_environment(fields["env"], fields["setup"])
+        env.max_turns = min(env.max_turns, fields.get("max_turns", env.max_turns))  # the source's limit
+        if episode < round(fields.get("forced_call_share", 0.0) * specs[index].n):
+            env.tool_choice = "required"
+        return env
+
+    return make_env
 
 
 @register_task("agent")
@@ -78,7 +101,7 @@ class AgentTask(Task):
         super().__init__(task_cfg, seed)
         self._train = []
         for source in task_cfg.sources:
-            problems = env_tasks(source.env, seed, source.count, heldout=False, max_turns=source.max_turns)
+            problems = env_tasks(source.env, seed, source.count, False, source.max_turns, source.forced_call_share)
             if not problems:
                 raise ValueError(f"source tool_env({source.env}) has no training tasks (count {source.count})")
             self._train.append((source.weight, problems))
@@ -103,19 +126,13 @@ class AgentTask(Task):
     def rollout(self, engine, tokenizer, problems, prompts, specs):
         import ray
 
-        def make_env(index: int):
-            fields = problems[index].fields
-            env = make_environment(fields["env"], fields["setup"])
-            env.max_turns = min(env.max_turns, fields.get("max_turns", env.max_turns))  # the source's limit
-            return env
-
         max_context = ray.get(engine.max_model_len.remote())
         return multiturn_rollout(
-            lambda batch, batch_specs: ray.get(engine.generate.remote(batch, batch_specs)),
+            EngineClient(engine),
             tokenizer,
             prompts,
             specs,
-            make_env,
+            episode_envs(problems, specs),
             MultiTurnConfig(max_turns=max(p.fields.get("max_turns", 1) for p in problems), max_context=max_context),
         )
 

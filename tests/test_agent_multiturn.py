@@ -18,16 +18,22 @@ def tokenizer(tiny_model_path):
 
 
 class ScriptedEngine:
-    """Replies from a script per prompt index and turn; records every batch it is asked for."""
+    """Replies from a script per prompt index and turn; records every batch it is asked for.
 
-    def __init__(self, tokenizer, scripts: dict[int, list[str]], first_prompts: list[list[int]]):
-        self.tokenizer, self.scripts, self.first = tokenizer, scripts, first_prompts
+    ``per_poll``: how many finished turns a ``poll`` returns (None: all), oldest first.
+    """
+
+    def __init__(self, tokenizer, scripts: dict[int, list[str]], first_prompts: list[list[int]], per_poll=None):
+        self.tokenizer, self.scripts, self.first, self.per_poll = tokenizer, scripts, first_prompts, per_poll
         self.batches: list[list[tuple[int, int]]] = []
         self.specs: list[SamplingSpec] = []
         self.sampled: dict[tuple[int, int], list[int]] = {}
+        self.waiting: list[tuple[int, list[Completion]]] = []
+        self.polled: list[list[tuple[int, int]]] = []
+        self.turn_of: list[tuple[int, int]] = []  # ticket -> (prompt index, turn)
 
-    def generate(self, prompts, specs):
-        batch, completions = [], []
+    def submit(self, prompts, specs):
+        batch, tickets = [], []
         self.specs += specs
         for position, (prompt, spec) in enumerate(zip(prompts, specs)):
             index = next(i for i, first in enumerate(self.first) if prompt[: len(first)] == first)
@@ -38,15 +44,24 @@ class ScriptedEngine:
             ids = ids if truncated else ids + [EOS]
             self.sampled[index, turn] = ids
             batch.append((index, turn))
-            completions.append(Completion(position, ids, [-0.5] * len(ids), self.tokenizer.decode(ids, skip_special_tokens=True), truncated))
+            tickets.append(ticket := len(self.turn_of))
+            self.turn_of.append((index, turn))
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            self.waiting.append((ticket, [Completion(position, ids, [-0.5] * len(ids), text, truncated)]))
         self.batches.append(batch)
-        return GenerateResult(completions, 0.01)
+        return tickets
+
+    def poll(self):
+        count = self.per_poll or len(self.waiting)
+        finished, self.waiting = self.waiting[:count], self.waiting[count:]
+        self.polled.append([self.turn_of[ticket] for ticket, _ in finished])
+        return finished
 
 
 def _run(tokenizer, scripts, envs, spec=SamplingSpec(n=1, max_tokens=200), config=MultiTurnConfig(max_turns=4), mode=None):
     prompts = [prompt_ids(tokenizer, f"question {i}", mode=mode) for i in range(len(scripts))]
     engine = ScriptedEngine(tokenizer, scripts, prompts)
-    result = multiturn_rollout(engine.generate, tokenizer, prompts, [spec] * len(prompts), lambda i: make_environment(*envs[i]), config)
+    result = multiturn_rollout(engine, tokenizer, prompts, [spec] * len(prompts), lambda i: make_environment(*envs[i]), config)
     return engine, prompts, result
 
 
@@ -77,7 +92,7 @@ def test_turns_are_batched_and_masks_cover_exactly_the_sampled_tokens(tokenizer)
     assert first.answer_text == "The answer is 42."
     assert first.calls == [{"name": "multiply", "arguments": {"a": 6, "b": 7}, "turn": 1, "error": None}]
     assert result.num_tokens == sum(t.sampled_tokens for t in result.completions)
-    assert result.metrics["agent/turns_mean"] == 2.0 and result.metrics["agent/generate_calls"] == 3.0
+    assert result.metrics["agent/turns_mean"] == 2.0 and result.metrics["agent/submits"] == 3.0
 
 
 def test_bad_calls_are_errors_the_model_reads_and_the_batch_goes_on(tokenizer):
@@ -129,3 +144,37 @@ def test_thinking_modes_are_budget_forced_per_turn_and_reopen_thinking(tokenizer
     assert second.max_tokens == 120 - used and second.thinking_budget == min(40, second.max_tokens - 16)
     env_text = tokenizer.decode([t for t, keep in zip(result.completions[0].token_ids, result.completions[0].loss_mask) if not keep])
     assert env_text.endswith("<|im_start|>assistant\n<think>\n")  # each turn starts thinking, as the first did
+
+
+def test_tool_choice_required_constrains_only_the_first_turn_to_a_call_of_the_episodes_tools(tokenizer):
+    import json
+
+    from rollout.environments import environment_class
+
+    class RequiredCalculator(environment_class("calculator")):
+        tool_choice = "required"
+
+    scripts = {0: ['{"name": "add", "arguments": {"a": 40, "b": 2}}', "42"], 1: ["42"]}
+    prompts = [prompt_ids(tokenizer, f"question {i}") for i in range(2)]
+    engine = ScriptedEngine(tokenizer, scripts, prompts)
+    envs = [lambda: RequiredCalculator(answer=42), lambda: make_environment(*CALC)]
+    multiturn_rollout(engine, tokenizer, prompts, [SamplingSpec(n=1, max_tokens=200)] * 2, lambda i: envs[i]())
+    first_required, first_auto, second_required = engine.specs
+    schema = json.loads(first_required.json_schema)
+    assert {option["properties"]["name"]["const"] for option in schema["anyOf"]} == {"add", "subtract", "multiply", "divide"}
+    assert first_auto.json_schema is None and second_required.json_schema is None
+
+
+def test_an_episode_takes_its_next_turn_without_waiting_for_the_others(tokenizer):
+    scripts = {
+        0: ['{"name": "add", "arguments": {"a": 40, "b": 2}}', "42"],
+        1: ['{"name": "add", "arguments": {"a": 1, "b": 1}}', '{"name": "add", "arguments": {"a": 2, "b": 40}}', "42"],
+    }
+    prompts = [prompt_ids(tokenizer, f"question {i}") for i in range(2)]
+    engine = ScriptedEngine(tokenizer, scripts, prompts, per_poll=1)  # turns finish one at a time
+    result = multiturn_rollout(engine, tokenizer, prompts, [SamplingSpec(n=1, max_tokens=300)] * 2, lambda i: make_environment(*CALC))
+    # episode 0's second turn is submitted the moment its first finishes, while episode 1's first still runs
+    assert engine.batches[:2] == [[(0, 0), (1, 0)], [(0, 1)]]
+    assert engine.polled[:2] == [[(0, 0)], [(1, 0)]]
+    assert [t.turns for t in result.completions] == [2, 3] and [t.outcome for t in result.completions] == [1.0, 1.0]
+    assert result.metrics["agent/submits"] == 4.0

@@ -196,3 +196,53 @@ def test_bfcl_suites_score_with_bfcl_checker():
     import sys
 
     assert "bfcl_eval.constants.model_config" not in sys.modules  # the stand-in did not leak
+
+
+def test_call_json_schema_admits_exactly_the_calls_the_tools_accept():
+    import jsonschema
+    from pydantic import BaseModel
+
+    from rollout.tools import call_json_schema, tool
+
+    class Point(BaseModel):
+        x: int
+        y: int
+
+    @tool
+    def move(to: Point, speed: float = 1.0) -> str:
+        """Move somewhere."""
+        return "ok"
+
+    @tool
+    def stop() -> str:
+        """Stop."""
+        return "stopped"
+
+    schema = call_json_schema([move, stop])
+    good = [{"name": "move", "arguments": {"to": {"x": 1, "y": 2}}}, {"name": "stop", "arguments": {}}]
+    bad = [
+        {"name": "move", "arguments": {"to": {"x": 1}}},  # a nested field missing
+        {"name": "move", "arguments": {"to": {"x": 1, "y": 2}, "colour": "red"}},  # an unknown argument
+        {"name": "fly", "arguments": {}},  # an unknown tool
+        {"name": "stop"},  # no arguments object
+    ]
+    for call in good:
+        jsonschema.validate(call, schema)
+        assert {"move": move, "stop": stop}[call["name"]].validate(call["arguments"]) is not None
+    for call in bad:
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(call, schema)
+    with pytest.raises(ValueError, match="at least one tool"):
+        call_json_schema([])
+
+
+def test_forced_call_share_forces_the_first_episodes_of_each_group_in_training_only():
+    from rollout.engine import SamplingSpec
+    from specialists.agent_task import env_tasks, episode_envs
+
+    train = env_tasks("calculator", seed=0, count=20, heldout=False, max_turns=3, forced_call_share=0.5)[:2]
+    make_env = episode_envs(train, [SamplingSpec(n=4), SamplingSpec(n=3)])
+    choices = [[make_env(index).tool_choice for _ in range(spec_n)] for index, spec_n in ((0, 4), (1, 3))]
+    assert choices == [["required", "required", "auto", "auto"], ["required", "required", "auto"]]  # round(1.5) = 2
+    heldout = env_tasks("calculator", seed=0, count=50, heldout=True, max_turns=3)
+    assert episode_envs(heldout, [SamplingSpec(n=2)])(0).tool_choice == "auto"
