@@ -130,7 +130,7 @@ class _Episode:
     def __post_init__(self) -> None:
         self.out = Trajectory(self.index, [], [], "", False, loss_mask=[], answer_text="")
         if self.env.tool_choice == "required":
-            self.call_schema = json.dumps(call_json_schema(self.env.tools()))
+            self.call_schema = json.dumps(call_json_schema(self.env.schemas()))
 
 
 class TurnEngine(Protocol):

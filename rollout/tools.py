@@ -131,24 +131,44 @@ def parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     return " ".join(part for part in summary if part).strip(), args
 
 
-def call_json_schema(tools: list[Tool]) -> dict:
-    """The JSON schema of exactly one call of one of ``tools``: ``{"name": <tool>, "arguments": {...}}``,
-    the arguments as strict as the tool's own validation. For constrained decoding (``tool_choice:
-    required``): the call then always parses and always fits its tool's signature."""
-    if not tools:
-        raise ValueError("a call schema needs at least one tool")
+def call_json_schema(functions: list[dict]) -> dict:
+    """The JSON schema of exactly one call of one of ``functions`` (``Environment.schemas()``: name,
+    parameters), as ``{"name": <function>, "arguments": {...}}``. For constrained decoding (``tool_choice:
+    required``): the call then always parses, names a known function and passes no unknown argument."""
+    if not functions:
+        raise ValueError("a call schema needs at least one function")
     shared_defs, options = {}, []
-    for one in tools:
-        arguments = one.arguments_model.model_json_schema()
+    for function in functions:
+        arguments = _json_types(function.get("parameters") or {"type": "object", "properties": {}})
         shared_defs |= arguments.pop("$defs", {})  # nested models: their $refs point at the root's $defs
         options.append({
             "type": "object",
-            "properties": {"name": {"const": one.name}, "arguments": arguments},
+            "properties": {"name": {"const": function["name"]}, "arguments": {"additionalProperties": False} | arguments},
             "required": ["name", "arguments"],
             "additionalProperties": False,
         })
     schema = {"anyOf": options}
     return schema | {"$defs": shared_defs} if shared_defs else schema
+
+
+_PYTHON_TYPES = {"dict": "object", "float": "number", "int": "integer", "tuple": "array", "list": "array",
+                 "str": "string", "bool": "boolean"}  # BFCL-style schemas name Python types
+
+
+def _json_types(schema):
+    """``schema`` with Python type names as JSON-schema ones; a type JSON schema lacks (``any``) is dropped."""
+    if isinstance(schema, list):
+        return [_json_types(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key == "type" and isinstance(value, str):
+            value = _PYTHON_TYPES.get(value, value)
+            if value not in ("object", "array", "string", "number", "integer", "boolean", "null"):
+                continue
+        out[key] = {name: _json_types(sub) for name, sub in value.items()} if key == "properties" else _json_types(value)
+    return out
 
 
 def _compact(schema):

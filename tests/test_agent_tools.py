@@ -218,7 +218,7 @@ def test_call_json_schema_admits_exactly_the_calls_the_tools_accept():
         """Stop."""
         return "stopped"
 
-    schema = call_json_schema([move, stop])
+    schema = call_json_schema([move.schema, stop.schema])
     good = [{"name": "move", "arguments": {"to": {"x": 1, "y": 2}}}, {"name": "stop", "arguments": {}}]
     bad = [
         {"name": "move", "arguments": {"to": {"x": 1}}},  # a nested field missing
@@ -232,8 +232,20 @@ def test_call_json_schema_admits_exactly_the_calls_the_tools_accept():
     for call in bad:
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(call, schema)
-    with pytest.raises(ValueError, match="at least one tool"):
+    with pytest.raises(ValueError, match="at least one function"):
         call_json_schema([])
+    bfcl_style = {"name": "f", "parameters": {"type": "dict", "properties": {"x": {"type": "float"}, "y": {"type": "any"}}}}
+    jsonschema.validate({"name": "f", "arguments": {"x": 1.5, "y": [1]}}, call_json_schema([bfcl_style]))
+
+
+def test_schema_only_environments_get_a_call_schema_too():
+    from rollout.tools import call_json_schema
+
+    from rollout.api_tasks import ApiCall
+
+    env = make_environment("api_call", ApiCall.make_task(random.Random(0)).setup)
+    names = {option["properties"]["name"]["const"] for option in call_json_schema(env.schemas())["anyOf"]}
+    assert names == {schema["name"] for schema in env.schemas()}
 
 
 def test_forced_call_share_forces_the_first_episodes_of_each_group_in_training_only():

@@ -71,3 +71,20 @@ def test_engine_logprobs_agree_with_trainer(engine, prompts, smollm2_path):
     trainer_flat = torch.tensor([lp for row in trainer_logprobs for lp in row])
     assert (engine_flat - trainer_flat).abs().mean() < 0.1
     ray.kill(trainer)
+
+
+def test_submit_and_poll_return_each_prompt_when_it_is_done_and_a_bad_prompt_loses_nothing(engine, prompts):
+    short, long = SamplingSpec(n=1, max_tokens=2, temperature=0.0), SamplingSpec(n=2, max_tokens=40)
+    with pytest.raises(Exception, match="maximum context length"):  # the call's other requests go too
+        ray.get(engine.submit.remote([prompts[0], list(range(600))], [short, short]))
+    tickets = ray.get(engine.submit.remote(prompts[:2], [long, short]))
+    first = ray.get(engine.poll.remote())
+    assert [ticket for ticket, _ in first] == [tickets[1]]  # the 2-token prompt, while the other still runs
+    later = ray.get(engine.submit.remote(prompts[2:], [short]))  # joins the running batch
+    done = dict(first)
+    while len(done) < 3:
+        done |= dict(ray.get(engine.poll.remote()))
+    assert sorted(done) == sorted([*tickets, *later]) and ray.get(engine.poll.remote()) == []
+    assert [len(done[t]) for t in (*tickets, *later)] == [2, 1, 1]
+    assert all(len(c.token_ids) <= 40 for c in done[tickets[0]]) and len(done[tickets[1]][0].token_ids) <= 2
+    assert ray.get(engine.generate.remote(prompts[:1], short)).completions  # the engine is clean for generate

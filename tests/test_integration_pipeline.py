@@ -123,7 +123,7 @@ def test_pipeline_runs_every_stage_through_ray_job_submit_on_two_nodes(two_node_
     deadline = time.time() + 900
     while (status := _job_status(address, job_id, env)) not in ("SUCCEEDED", "FAILED", "STOPPED"):
         assert time.time() < deadline, "the pipeline job did not finish within 15 minutes"
-        time.sleep(5)
+        time.sleep(15)  # each `ray job status` costs ~1 CPU-second, taken from the job on a 2-core machine
     logs = _cli(["job", "logs", f"--address={address}", job_id], env).stdout
     assert status == "SUCCEEDED", logs[-4000:]
 
