@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -54,12 +53,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_recipe(recipe) -> int:
-    import ray
+    from .raycluster import init_ray
 
     started = time.perf_counter()
-    # Local embedded cluster by default; RAY_ADDRESS (or `ray job submit`) points at a real one.
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    init_ray()  # RAY_ADDRESS / `ray job submit`, a `ray start` cluster here, else a local one
     if recipe.pipeline is not None:
         return _run_pipeline(recipe, started)
     results = train_recipe(recipe)

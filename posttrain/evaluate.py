@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -205,9 +204,9 @@ def evaluate_checkpoint(recipe, checkpoint: str, groups, base: str | None = None
 
     from .checkpoints import engine_model_dir
     from .modes import sweep_mode, sweep_mode_name
+    from .raycluster import init_ray
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"))
+    init_ray()  # RAY_ADDRESS / `ray job submit`, a `ray start` cluster here, else a local one
     modes, report, sweeps = _modes(recipe, None), {}, {}
     with engine_model_dir(checkpoint, base) as model_dir:
         config = EngineConfig(model=model_dir, dtype=recipe.model.engine_dtype, max_model_len=recipe.model.max_model_len,

@@ -80,3 +80,20 @@ def test_a_stage_left_running_by_a_killed_driver_runs_again(tmp_path):
     assert json.loads(path.read_text())["distill"] | {"seconds": 0} == {
         "status": "done", "attempts": 2, "error": None, "seconds": 0, "outputs": {"checkpoint": "step_4"}
     }
+
+
+def test_a_stale_record_of_a_stopped_ray_cluster_is_not_joined(tmp_path):
+    import socket
+
+    from posttrain.raycluster import recorded_cluster_alive
+
+    record = tmp_path / "ray_current_cluster"
+    assert not recorded_cluster_alive(record)  # no record
+    record.write_text("not an address")
+    assert not recorded_cluster_alive(record)
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        record.write_text(f"127.0.0.1:{listening.getsockname()[1]}")
+        assert recorded_cluster_alive(record)
+    assert not recorded_cluster_alive(record)  # the head is gone: start a local cluster instead of waiting
