@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
+from functools import partial
 
 import ray
 
@@ -70,14 +71,15 @@ class Router:
 
     def rollout(self, engine, prompts: list[RoutedPrompt], specs: list) -> GenerateResult:
         """Student samples for ``prompts``: single-turn domains in one engine call, multi-turn ones by their task."""
-        groups: dict[str, list[int]] = {}
+        groups: dict[str, list[int]] = {}  # multi-turn domain (or "": every single-turn one) -> prompt indices
         for index, prompt in enumerate(prompts):
             multi_turn = type(self.tasks[prompt.key[0]]).rollout is not Task.rollout
             groups.setdefault(prompt.key[0] if multi_turn else "", []).append(index)
         completions, seconds = [], 0.0
         for domain, indices in groups.items():
-            task = self.tasks[domain] if domain else next(iter(self.tasks.values()))
-            result = task.rollout(
+            # single-turn prompts of every domain share one engine call: the base rollout, no task's own
+            rollout = self.tasks[domain].rollout if domain else partial(Task.rollout, None)
+            result = rollout(
                 engine, self.tokenizer, [prompts[i].problem for i in indices],
                 [prompts[i].prompt_ids for i in indices], [specs[i] for i in indices],
             )

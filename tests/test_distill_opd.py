@@ -88,6 +88,38 @@ def test_router_draws_every_key_and_repeats_a_step(teacher_dirs, tiny_model_path
     assert router.routing([("sub", "high")]) == [[(1, 1.0)]]
 
 
+def test_router_rollout_gives_single_turn_prompts_the_base_rollout_whatever_task_comes_first(
+    teacher_dirs, tiny_model_path, monkeypatch
+):
+    """The single-turn domains' prompts share one engine call; a multi-turn task (e.g. the agent, first
+    in the pipeline's sorted domains) runs only its own prompts."""
+    from transformers import AutoTokenizer
+
+    from rollout.engine import Completion, GenerateResult
+    from specialists.task import Task
+
+    calls = []
+
+    def rollout_of(name):
+        def rollout(self, engine, tokenizer, problems, prompts, specs):
+            calls.append((name, [problem.question for problem in problems]))
+            return GenerateResult([Completion(i, [1], [0.0], name, False) for i in range(len(prompts))], 0.0)
+
+        return rollout
+
+    monkeypatch.setattr(Task, "rollout", rollout_of("base"))
+    router = Router(tiny_recipe(teacher_dirs), [resolve_teacher(t) for t in tiny_recipe(teacher_dirs).distill.teachers],
+                    AutoTokenizer.from_pretrained(tiny_model_path))
+    multi_turn = type("MultiTurn", (type(router.tasks["sub"]),), {"rollout": rollout_of("multi")})
+    first = multi_turn.__new__(multi_turn)
+    first.__dict__.update(vars(router.tasks["sub"]))
+    router.tasks = {"sub": first, "add": router.tasks["add"]}  # the multi-turn task first
+    prompts = router.sample(0, 8)
+    result = router.rollout(None, prompts, [None] * len(prompts))
+    assert [c.text for c in result.completions] == ["multi" if p.key[0] == "sub" else "base" for p in prompts]
+    assert sorted(name for name, _ in calls) == ["base", "multi"]
+
+
 def _random_seqs(count: int, seed: int = 0) -> Sequences:
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(3, 12, (count, 2), generator=gen).tolist()
