@@ -59,14 +59,42 @@ def run_recipe(recipe) -> int:
     init_ray()  # RAY_ADDRESS / `ray job submit`, a `ray start` cluster here, else a local one
     if recipe.pipeline is not None:
         return _run_pipeline(recipe, started)
-    results = train_recipe(recipe)
     run_dir = Path(recipe.run.output_dir) / recipe.run.name
+    try:
+        results = train_recipe(recipe)
+    except Exception as error:
+        if not _is_dead_actor(error):
+            raise
+        print(dead_actor_message(error, run_dir), file=sys.stderr)
+        return 1
     if recipe.distill is not None:
         _print_distill_summary(results, run_dir, time.perf_counter() - started)
     else:
         _print_summary(results, run_dir, time.perf_counter() - started)
     _write_report(run_dir)
     return 0
+
+
+def _is_dead_actor(error: BaseException) -> bool:
+    from ray.exceptions import ActorDiedError, RayActorError
+
+    return isinstance(error, (RayActorError, ActorDiedError))
+
+
+def dead_actor_message(error: BaseException, run_dir: Path) -> str:
+    """What a user reads when an engine/trainer/teacher actor died under the run (OOM kill,
+    segfault, lost node): which actor, that the checkpoints are intact, and how to resume."""
+    from .rundir import RunDir
+
+    cause = str(error).strip().splitlines()
+    latest = RunDir(run_dir.parent, run_dir.name).latest_checkpoint()
+    kept = f"the newest checkpoint, {latest[1]}, is intact" if latest else "no checkpoint had been written yet"
+    return (
+        f"error: a Ray actor of this run died: {cause[0] if cause else type(error).__name__}\n"
+        f"  The run stopped; {kept}.\n"
+        f"  Re-run the same command to resume from it (the step in flight is redone).\n"
+        f"  Ray's account: {' '.join(line.strip() for line in cause[1:6])}"
+    )
 
 
 def _write_report(run_dir: Path) -> None:

@@ -6,9 +6,12 @@ They run inside the worker, next to the live model, and are reached through
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import torch
+
+RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 
 class WeightSyncExtension:
@@ -21,6 +24,9 @@ class WeightSyncExtension:
 
     def load_pushed_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
         named_tensors = list(named_tensors)
+        if not getattr(self, "_reload_noise_filtered", False):
+            logging.getLogger(RELOAD_LOGGER).addFilter(KnownReloadNoise(self.model_runner.model))
+            self._reload_noise_filtered = True
         self.reload_weights(weights_iterator=iter(named_tensors), is_checkpoint_format=True)
         return len(named_tensors)
 
@@ -30,3 +36,23 @@ class WeightSyncExtension:
         from safetensors.torch import load_file
 
         return self.load_pushed_weights(load_file(path).items())
+
+
+class KnownReloadNoise(logging.Filter):
+    """Drops ``reload_weights``' "<Layer>: Failed to load weights" for the layers a push never
+    carries on purpose: rotary embeddings (a computed cache, no weights) and an output head tied
+    to the embeddings (it shares their storage, so the pushed embeddings are the head). On every
+    weight sync these warnings read like a fault; any other layer's warning still shows."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        head = getattr(getattr(model, "lm_head", None), "weight", None)
+        embeddings = model.get_input_embeddings().weight if hasattr(model, "get_input_embeddings") else None
+        self.tied_head = head is not None and embeddings is not None and head.data_ptr() == embeddings.data_ptr()
+        self.head_class = type(model.lm_head).__name__ if self.tied_head else None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != "%s: Failed to load weights" or not record.args:
+            return True
+        layer = str(record.args[0])
+        return not (layer.endswith("RotaryEmbedding") or layer == self.head_class)

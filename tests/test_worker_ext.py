@@ -1,0 +1,38 @@
+"""The weight-sync worker extension's log filter: known, harmless reload warnings go, others stay."""
+
+import logging
+
+import torch
+
+from rollout.worker_ext import KnownReloadNoise
+
+
+class ParallelLMHead(torch.nn.Module):
+    def __init__(self, weight: torch.nn.Parameter):
+        super().__init__()
+        self.weight = weight
+
+
+class TinyLM(torch.nn.Module):
+    def __init__(self, tied: bool):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.lm_head = ParallelLMHead(self.embed.weight if tied else torch.nn.Parameter(torch.zeros(10, 4)))
+
+    def get_input_embeddings(self):
+        return self.embed
+
+
+def shown(noise: KnownReloadNoise, layer: str) -> bool:
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "%s: Failed to load weights", (layer,), None)
+    return noise.filter(record)
+
+
+def test_tied_head_and_rotary_warnings_are_dropped_others_kept():
+    tied = KnownReloadNoise(TinyLM(tied=True))
+    assert not shown(tied, "ParallelLMHead") and not shown(tied, "Llama3RotaryEmbedding")
+    assert shown(tied, "QKVParallelLinear")
+    untied = KnownReloadNoise(TinyLM(tied=False))
+    assert shown(untied, "ParallelLMHead"), "an untied head that failed to load is a real fault"
+    other = logging.LogRecord("x", logging.WARNING, __file__, 1, "something else %s", ("RotaryEmbedding",), None)
+    assert untied.filter(other)
