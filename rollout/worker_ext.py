@@ -47,8 +47,8 @@ class KnownReloadNoise(logging.Filter):
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         head = getattr(getattr(model, "lm_head", None), "weight", None)
-        embeddings = model.get_input_embeddings().weight if hasattr(model, "get_input_embeddings") else None
-        self.tied_head = head is not None and embeddings is not None and head.data_ptr() == embeddings.data_ptr()
+        others = (p for name, p in model.named_parameters(remove_duplicate=False) if not name.startswith("lm_head."))
+        self.tied_head = head is not None and any(p.data_ptr() == head.data_ptr() for p in others)
         self.head_class = type(model.lm_head).__name__ if self.tied_head else None
 
     def filter(self, record: logging.LogRecord) -> bool:
