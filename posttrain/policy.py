@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 
 
 @dataclass
@@ -50,6 +51,36 @@ class CompletionStates:
     head_V_H: torch.Tensor  # output head (tied to the embeddings where the model ties them)
     targets_B_T: torch.Tensor  # the completion token ids
     mask_B_T: torch.Tensor  # 1.0 on real completion tokens
+
+
+def chunked_target_logprobs(
+    hidden_B_T_H: torch.Tensor, head_V_H: torch.Tensor, targets_B_T: torch.Tensor, chunk_tokens: int
+) -> torch.Tensor:
+    """``log_softmax(hidden @ head^T)[target]`` per token, ``chunk_tokens`` tokens at a time.
+
+    Only one chunk's ``[C, V]`` float32 logits live at once; under autograd each chunk is
+    checkpointed (its logits recomputed in backward), so the ``[B, T, V]`` logits and their
+    gradient are never whole. ``chunk_tokens=0``: the whole batch in one piece.
+    """
+    batch, length, width = hidden_B_T_H.shape
+    hidden_N_H, targets_N = hidden_B_T_H.reshape(-1, width), targets_B_T.reshape(-1)
+    total = hidden_N_H.shape[0]
+    if chunk_tokens <= 0 or chunk_tokens >= total:
+        return _target_logprobs(hidden_N_H, head_V_H, targets_N).view(batch, length)
+    grad = torch.is_grad_enabled() and (hidden_N_H.requires_grad or head_V_H.requires_grad)
+    pieces = []
+    for start in range(0, total, chunk_tokens):
+        chunk = (hidden_N_H[start : start + chunk_tokens], head_V_H, targets_N[start : start + chunk_tokens])
+        if grad:
+            pieces.append(torch.utils.checkpoint.checkpoint(_target_logprobs, *chunk, use_reentrant=False))
+        else:
+            pieces.append(_target_logprobs(*chunk))
+    return torch.cat(pieces).view(batch, length)
+
+
+def _target_logprobs(hidden_C_H: torch.Tensor, head_V_H: torch.Tensor, targets_C: torch.Tensor) -> torch.Tensor:
+    logits_C_V = torch.nn.functional.linear(hidden_C_H, head_V_H).float()
+    return logits_C_V.gather(-1, targets_C.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits_C_V, dim=-1)
 
 
 def peak_memory_gib() -> float:
@@ -128,10 +159,9 @@ class PolicyTrainer:
         """Log-prob of each completion token under ``model``: ``(logprobs_B_T, mask_B_T)``."""
         states = self.completion_states(seqs, model)
         with self._autocast():
-            logits_B_T_V = torch.nn.functional.linear(states.hidden_B_T_H, states.head_V_H)
-        logits_B_T_V = logits_B_T_V.float()
-        target_logits_B_T = logits_B_T_V.gather(-1, states.targets_B_T.unsqueeze(-1)).squeeze(-1)
-        logprobs_B_T = target_logits_B_T - torch.logsumexp(logits_B_T_V, dim=-1)
+            logprobs_B_T = chunked_target_logprobs(
+                states.hidden_B_T_H, states.head_V_H, states.targets_B_T, self.cfg.logprob_chunk_tokens
+            )
         return logprobs_B_T * states.mask_B_T, states.mask_B_T
 
     def _pack(self, seqs: Sequences):

@@ -83,3 +83,23 @@ def test_lora_under_bf16_keeps_a_bf16_frozen_base_and_trains_fp32_adapters(tiny_
     trainer.update(SEQS, GrpoLoss(LossNormalizer("token_mean", 9, 3, 8)), {"advantages": [1.0, -1.0, 0.5]})
     assert any(not torch.equal(before[n], p) for n, p in trainable.items())
     assert all(w.dtype == torch.bfloat16 for w in trainer.engine_weights().values())
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 5, 7])
+def test_chunked_logprobs_equal_the_whole_batch_in_value_and_gradient(chunk_tokens):
+    from posttrain.policy import chunked_target_logprobs
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 4, 8, dtype=torch.float64, requires_grad=True)
+    head = torch.randn(50, 8, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 4))
+    weights = torch.randn(3, 4, dtype=torch.float64)
+    results = []
+    for chunk in (0, chunk_tokens):
+        logprobs = chunked_target_logprobs(hidden, head, targets, chunk)
+        grads = torch.autograd.grad((logprobs * weights).sum(), (hidden, head))
+        results.append((logprobs.detach(), *grads))
+    for whole, chunked in zip(*results):
+        torch.testing.assert_close(chunked, whole)
+    expected = torch.log_softmax(hidden @ head.T, -1).gather(-1, targets[..., None])[..., 0]
+    torch.testing.assert_close(results[0][0], expected.detach().float())
