@@ -26,8 +26,8 @@ from pathlib import Path
 # Run as a script, this file's folder heads sys.path and its name would shadow packages.
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Path(__file__).resolve().parent]
 
-from posttrain.chat import prompt_ids  # noqa: E402
-from posttrain.models import resolve_model  # noqa: E402
+from posttrain.core.chat import prompt_ids  # noqa: E402
+from posttrain.core.models import resolve_model  # noqa: E402
 from posttrain.recipe import EffortMode  # noqa: E402
 from rollout.engine import EngineConfig, SamplingSpec, cpu_engine_env  # noqa: E402
 

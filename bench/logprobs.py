@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from distill_loss import _cpu_peak_bytes, _cpu_peak_start, _release_freed_memory  # noqa: E402
 
-from posttrain.policy import chunked_target_logprobs  # noqa: E402
+from posttrain.core.policy import chunked_target_logprobs  # noqa: E402
 
 GIB = 2**30
 

@@ -33,7 +33,7 @@ sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Pa
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from posttrain.models import resolve_model  # noqa: E402
+from posttrain.core.models import resolve_model  # noqa: E402
 from rollout.engine import EngineConfig, SamplingSpec, cpu_engine_env, engine_actor  # noqa: E402
 
 QUESTIONS = (

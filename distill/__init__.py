@@ -2,6 +2,6 @@
 
 Built so far: ``distill.losses``, the streamed full-vocabulary multi-teacher loss.
 Not yet: the teacher registry, the OPD loop and teacher scheduling; the loop will
-reuse ``posttrain.policy.PolicyTrainer`` (any picklable loss object) and
+reuse ``posttrain.core.policy.PolicyTrainer`` (any picklable loss object) and
 ``rollout.engine.RolloutEngine`` exactly as the GRPO loop does.
 """

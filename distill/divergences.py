@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from posttrain.plugins import NotFound, Registry, qualname
+
 if TYPE_CHECKING:
     from .losses import Rows, _StudentChunk
 
@@ -42,23 +44,24 @@ class Divergence:
         raise NotImplementedError
 
 
-DIVERGENCES: dict[str, type[Divergence]] = {}
+DIVERGENCES: Registry[type[Divergence]] = Registry("divergence", entry_point_group="posttrain.divergences")
 
 
 def register_divergence(cls: type[Divergence]) -> type[Divergence]:
-    if cls.name in DIVERGENCES:
-        raise ValueError(f"divergence {cls.name!r} is already registered (by {DIVERGENCES[cls.name].__name__})")
-    DIVERGENCES[cls.name] = cls
-    return cls
+    return DIVERGENCES.register(cls.name, cls)
 
 
 def resolve_divergence(divergence: str | Divergence) -> Divergence:
     """A registered name (default parameters) or a ready instance such as ``GeneralizedJSD(0.1)``."""
     if isinstance(divergence, Divergence):
         return divergence
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; registered: {sorted(DIVERGENCES)}")
-    return DIVERGENCES[divergence]()
+    try:
+        cls = DIVERGENCES.get(divergence)
+    except NotFound:
+        raise ValueError(f"unknown divergence {divergence!r}; registered: {DIVERGENCES.names()}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Divergence)):
+        raise ValueError(f"divergence {divergence!r} names {qualname(cls)}, which is not a Divergence subclass")
+    return cls()
 
 
 @register_divergence

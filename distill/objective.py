@@ -1,10 +1,11 @@
 """The on-policy distillation objective, as the trainer runs it on one micro-batch.
 
 ``DistillLoss`` is the picklable loss object the driver hands to
-``PolicyTrainer.update``: it receives the student's hidden states at its completion
-positions, the teacher routes and hidden states the ``TeacherPool`` produced, and
-the teachers' output heads installed once with ``set_frozen("teacher_heads", ...)``;
-it calls ``chunked_distill_loss``, so no ``[T, V]`` tensor of any teacher is ever whole.
+``PolicyTrainer.update``: it reads the student's hidden states at its completion
+positions (``student.states``), the teacher routes and hidden states the
+``TeacherPool`` produced, and the teachers' output heads (``TeacherHeads``,
+installed once with ``PolicyTrainer.install``); it calls ``chunked_distill_loss``,
+so no ``[T, V]`` tensor of any teacher is ever whole.
 """
 
 from __future__ import annotations
@@ -14,6 +15,18 @@ from dataclasses import dataclass
 import torch
 
 from .losses import CachedHiddenTeacher, GeneralizedJSD, chunked_distill_loss
+
+
+@dataclass
+class TeacherHeads:
+    """The teachers' distinct output heads (12 adapters over one base share 1): teacher ``k`` uses
+    ``heads_V_H[index[k]]``. Installed once on the trainer; never sent per step."""
+
+    heads_V_H: list[torch.Tensor]
+    index: list[int]
+
+    def of(self, teacher: int) -> torch.Tensor:
+        return self.heads_V_H[self.index[teacher]]
 
 
 def divergence_from(name: str, jsd_beta: float = 0.5):
@@ -33,13 +46,13 @@ class DistillLoss:
     num_tokens: int
     chunk_size: int = 512
     temperature: float = 1.0
-    needs_states = True  # PolicyTrainer passes CompletionStates, not log-probs
 
-    def __call__(self, states, extras: dict[str, list], frozen: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, student, extras: dict[str, list], installed) -> tuple[torch.Tensor, dict[str, float]]:
+        states = student.states
         mask_B_T = states.mask_B_T.bool()
         lengths_B = mask_B_T.sum(1).tolist()
         hidden_N_H = states.hidden_B_T_H[mask_B_T].float()
-        teachers, weights_N_K = self._teachers(extras["routes"], mask_B_T, frozen, hidden_N_H.device)
+        teachers, weights_N_K = self._teachers(extras["routes"], mask_B_T, installed[TeacherHeads], hidden_N_H.device)
         token_losses_N = torch.zeros(hidden_N_H.shape[0], device=hidden_N_H.device)
         loss = chunked_distill_loss(
             hidden_N_H,
@@ -56,18 +69,17 @@ class DistillLoss:
         return loss, self._metrics(extras["routes"], lengths_B, token_losses_N * self.num_tokens)
 
     @staticmethod
-    def _teachers(routes_B, mask_B_T, frozen, device):
+    def _teachers(routes_B, mask_B_T, heads: TeacherHeads, device):
         """One ``CachedHiddenTeacher`` per teacher present, its hidden states on its rows only.
 
         Rows are the student's loss tokens (``mask_B_T``), which may skip tokens inside a
         completion (e.g. a forced close tag); teachers' hidden states cover every completion token.
         """
-        head_index, heads = frozen["teacher_head_index"], frozen["teacher_heads"]
         present = sorted({k for routes in routes_B for k, _, _ in routes})
         columns = {k: j for j, k in enumerate(present)}
         n_tokens = int(mask_B_T.sum())
         weights_N_K = torch.zeros(n_tokens, len(present), device=device)
-        hidden_K_N_H = [torch.zeros(n_tokens, heads[head_index[k]].shape[1], device=device) for k in present]
+        hidden_K_N_H = [torch.zeros(n_tokens, heads.of(k).shape[1], device=device) for k in present]
         offset = 0
         for routes, keep_T in zip(routes_B, mask_B_T.cpu()):
             length = int(keep_T.sum())
@@ -76,7 +88,7 @@ class DistillLoss:
                 weights_N_K[offset : offset + length, columns[k]] = weight
                 hidden_K_N_H[columns[k]][offset : offset + length] = kept_H.to(device, torch.float32)
             offset += length
-        teachers = [CachedHiddenTeacher(hidden_K_N_H[columns[k]], heads[head_index[k]].to(device)) for k in present]
+        teachers = [CachedHiddenTeacher(hidden_K_N_H[columns[k]], heads.of(k).to(device)) for k in present]
         return teachers, weights_N_K
 
     @staticmethod

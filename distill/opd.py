@@ -14,136 +14,70 @@ as a Ray object; the driver never holds them.
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass
-from functools import partial
 
 import ray
 
-from posttrain.chat import prompt_ids
-from posttrain.modes import sampling_spec
-from posttrain.policy import Sequences
-from posttrain.recipe import Recipe
-from posttrain.resume import eval_once, final_checkpoint, resume_point, run_steps
-from posttrain.rundir import RunDir
-from posttrain.timing import PhaseTimer
-from specialists.loop import start_actors
-from rollout.engine import GenerateResult
-from specialists.task import Problem, Task, make_task
+from posttrain.core.driver import Actors, phase_line, run_loop, start_actors
+from posttrain.core.rundir import RunDir
+from posttrain.core.schema import Recipe
+from posttrain.core.timing import PhaseTimer
 
 from .objective import DistillLoss, divergence_from
-from .teachers import Teacher, resolve_teacher, teacher_pool_actor
+from .recovery import recovery_eval
+from .routing import Router, completion_sequences, teacher_kls
+from .teachers import resolve_teacher, teacher_pool_actor
 
 log = logging.getLogger("posttrain.distill")
 
 
-@dataclass
-class RoutedPrompt:
-    """A prompt and the (domain, mode) key that picks its teachers."""
-
-    key: tuple[str, str]
-    problem: Problem
-    message: str
-    prompt_ids: list[int]
-    suite: str = ""  # the held-out suite an eval prompt belongs to (its scorer); "" for training
-
-
-class Router:
-    """Teachers by key, and the prompts of each step drawn uniformly across keys."""
-
-    def __init__(self, recipe: Recipe, teachers: list[Teacher], tokenizer):
-        cfg = recipe.distill
-        self.teachers, self.tokenizer, self.seed = teachers, tokenizer, recipe.run.seed
-        self.modes, self.tags = recipe.modes, recipe.thinking_tags
-        self.by_key: dict[tuple[str, str], list[tuple[int, float]]] = {}
-        for index, teacher in enumerate(teachers):
-            self.by_key.setdefault(teacher.key, []).append((index, teacher.weight))
-        self.keys = sorted(self.by_key)
-        shared = {t.name for t in teachers if len(self.by_key[t.key]) > 1}
-        self.names = [f"{t.name}#{i}" if t.name in shared else t.name for i, t in enumerate(teachers)]
-        self.tasks = {domain: make_task(cfg.domains[domain], seed=recipe.run.seed) for domain, _ in self.keys}
-
-    def format(self, key: tuple[str, str], problem: Problem, suite: str = "") -> RoutedPrompt:
-        task = self.tasks[key[0]]
-        message, system = task.user_message(problem), task.system_prompt(problem)
-        ids = prompt_ids(self.tokenizer, message, system=system, mode=self.modes[key[1]], tags=self.tags)
-        return RoutedPrompt(key, problem, message, ids, suite)
-
-    def rollout(self, engine, prompts: list[RoutedPrompt], specs: list) -> GenerateResult:
-        """Student samples for ``prompts``: single-turn domains in one engine call, multi-turn ones by their task."""
-        groups: dict[str, list[int]] = {}  # multi-turn domain (or "": every single-turn one) -> prompt indices
-        for index, prompt in enumerate(prompts):
-            multi_turn = type(self.tasks[prompt.key[0]]).rollout is not Task.rollout
-            groups.setdefault(prompt.key[0] if multi_turn else "", []).append(index)
-        completions, seconds = [], 0.0
-        for domain, indices in groups.items():
-            # single-turn prompts of every domain share one engine call: the base rollout, no task's own
-            rollout = self.tasks[domain].rollout if domain else partial(Task.rollout, None)
-            result = rollout(
-                engine, self.tokenizer, [prompts[i].problem for i in indices],
-                [prompts[i].prompt_ids for i in indices], [specs[i] for i in indices],
-            )
-            for completion in result.completions:
-                completion.prompt_index = indices[completion.prompt_index]
-            completions += result.completions
-            seconds += result.seconds
-        completions.sort(key=lambda c: c.prompt_index)  # stable: a prompt's samples keep their order
-        return GenerateResult(completions, seconds)
-
-    def spec(self, key: tuple[str, str], n: int = 1, temperature: float = 1.0, top_p: float = 1.0):
-        """How the student samples ``key``'s prompts: its mode's budget forcing and token allowance."""
-        return sampling_spec(self.modes[key[1]], self.tags, n=n, temperature=temperature, top_p=top_p)
-
-    def sample(self, step: int, count: int) -> list[RoutedPrompt]:
-        """The prompts of step ``step``: a pure function of (seed, step), so a resumed run repeats it."""
-        rng = random.Random(self.seed * 7_919 + step)
-        counts = {key: 0 for key in self.keys}
-        for key in rng.choices(self.keys, k=count):
-            counts[key] += 1
-        prompts = []
-        for index, (key, n) in enumerate(counts.items()):
-            if n:
-                problems = self.tasks[key[0]].sample(step * len(self.keys) + index, n)
-                prompts += [self.format(key, problem) for problem in problems]
-        return prompts
-
-    def routing(self, keys: list[tuple[str, str]]) -> list[list[tuple[int, float]]]:
-        return [self.by_key[key] for key in keys]
-
-
 def distill_student(recipe: Recipe, student_path: str, run: RunDir) -> dict:
     """Run on-policy distillation per ``recipe.distill``; returns evals, recovery and the checkpoint."""
-    from .recovery import recovery_eval
-
     cfg = recipe.distill
     teachers = [resolve_teacher(t) for t in cfg.teachers]
     actors = start_actors(recipe, student_path)
     router = Router(recipe, teachers, actors.tokenizer)
     pool = teacher_pool_actor(teachers, cfg.teacher_num_cpus, cfg.teacher_num_gpus, recipe.trainer.micro_batch_size)
-    head_index, heads = ray.get(pool.heads.remote())
-    ray.get([
-        actors.trainer.set_frozen.remote("teacher_heads", heads),
-        actors.trainer.set_frozen.remote("teacher_head_index", head_index),
-    ])
-    log.info("%d teachers over %d keys, %d distinct output heads", len(teachers), len(router.keys), len(heads))
-    results: dict = {}
-    start = resume_point(run, actors.trainer, actors.engine, recipe.model.engine_dtype, recipe.run.resume)
-    if recipe.eval.before:
-        evaluate = lambda: recovery_eval(recipe, actors, pool, router, run, "before")  # noqa: E731
-        results["before"] = eval_once(run, "before", start > 0, evaluate)
-    save = lambda step: ray.get(actors.trainer.save.remote(str(run.checkpoint_dir(step)), student_path))  # noqa: E731
-    step_fn = lambda step: distill_step(recipe, actors, pool, router, run, step)  # noqa: E731
-    run_steps("distill", run, start, cfg.steps, step_fn, _step_line, cfg.checkpoint_every, save)
-    results["checkpoint"] = final_checkpoint(run, cfg.steps, save)
-    if recipe.eval.after:
-        evaluate = lambda: recovery_eval(recipe, actors, pool, router, run, "after", results.get("before"))  # noqa: E731
-        results["after"] = eval_once(run, "after", start == cfg.steps, evaluate)
-    for actor in (actors.engine, actors.trainer, pool):
-        ray.kill(actor)
-    return results
+    heads = ray.get(pool.heads.remote())
+    ray.get(actors.trainer.install.remote(heads))
+    log.info("%d teachers over %d keys, %d distinct output heads", len(teachers), len(router.keys), len(heads.heads_V_H))
+    loop = DistillLoop(recipe, actors, pool, router, run)
+    return run_loop(loop, recipe, run, actors, student_path, extra_actors=(pool,))
 
 
-def distill_step(recipe: Recipe, actors, pool, router: Router, run: RunDir, step: int) -> dict[str, float]:
+@dataclass
+class DistillLoop:
+    """What distillation brings to the shared driver (``posttrain.core.driver.run_loop``): its step and its eval."""
+
+    recipe: Recipe
+    actors: Actors
+    pool: ray.actor.ActorHandle
+    router: Router
+    run: RunDir
+    name = "distill"
+
+    @property
+    def steps(self) -> int:
+        return self.recipe.distill.steps
+
+    @property
+    def checkpoint_every(self) -> int:
+        return self.recipe.distill.checkpoint_every
+
+    def step(self, step: int) -> dict[str, float]:
+        return distill_step(self.recipe, self.actors, self.pool, self.router, self.run, step)
+
+    def step_line(self, step: int, m: dict[str, float]) -> str:
+        return (
+            f"step {step}: loss {m['distill/loss']:.4f} len {m['response/length_mean']:.0f} "
+            f"trunc {m['response/truncated_share']:.0%} | {phase_line(m)} | peak {m['memory/trainer_peak_gib']:.1f} GiB"
+        )
+
+    def evaluate(self, tag: str, before: dict | None) -> dict:
+        return recovery_eval(self.recipe, self.actors, self.pool, self.router, self.run, tag, before)
+
+
+def distill_step(recipe: Recipe, actors: Actors, pool, router: Router, run: RunDir, step: int) -> dict[str, float]:
     cfg, timer = recipe.distill, PhaseTimer()
     prompts = router.sample(step, cfg.prompts_per_step)
     specs = [router.spec(p.key, cfg.samples_per_prompt, cfg.temperature, cfg.top_p) for p in prompts]
@@ -159,28 +93,12 @@ def distill_step(recipe: Recipe, actors, pool, router: Router, run: RunDir, step
     with timer.phase("update"):
         update = ray.get(actors.trainer.update.remote(seqs, loss, extras))
     with timer.phase("weight_sync"):
-        ray.get(actors.engine.update_weights.remote(actors.trainer.engine_weights.remote(recipe.model.engine_dtype)))
+        actors.sync_weights(recipe.model.engine_dtype)
     run.log_samples(step, [
         {"key": "/".join(prompts[c.prompt_index].key), "prompt": prompts[c.prompt_index].message, "completion": c.text}
         for c in completions[: cfg.log_samples]
     ])
     return _step_metrics(rollout, update, router, timer, actors)
-
-
-def completion_sequences(prompts: list[list[int]], completions) -> Sequences:
-    """The student's samples as training sequences; forced close tags (not sampled) are masked out."""
-    masks = [c.loss_mask or [1] * len(c.token_ids) for c in completions]
-    return Sequences(prompts, [c.token_ids for c in completions], masks)
-
-
-def teacher_kls(update: dict[str, float], router: Router) -> dict[str, float]:
-    """Per-teacher mean per-token divergence, from ``DistillLoss``'s metrics."""
-    out = {}
-    for index, name in enumerate(router.names):
-        tokens = update.get(f"tokens/{index}", 0.0)
-        if tokens:
-            out[name] = update[f"kl_sum/{index}"] / tokens
-    return out
 
 
 def _step_metrics(rollout, update, router, timer, actors) -> dict[str, float]:
@@ -199,11 +117,3 @@ def _step_metrics(rollout, update, router, timer, actors) -> dict[str, float]:
         **timer.metrics(),
     }
     return metrics
-
-
-def _step_line(step: int, m: dict[str, float]) -> str:
-    phases = " ".join(f"{k[5:]}={v:.1f}s" for k, v in m.items() if k.startswith("time/"))
-    return (
-        f"step {step}: loss {m['distill/loss']:.4f} len {m['response/length_mean']:.0f} "
-        f"trunc {m['response/truncated_share']:.0%} | {phases} | peak {m['memory/trainer_peak_gib']:.1f} GiB"
-    )

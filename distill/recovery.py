@@ -16,78 +16,76 @@ import logging
 
 import ray
 
+from posttrain.core.evaluation import CellResult, cells_for, score_cells
 
 from .objective import DistillLoss
-from .opd import RoutedPrompt, Router, completion_sequences, teacher_kls
+from .routing import Router, completion_sequences, teacher_kls
 
 log = logging.getLogger("posttrain.distill")
 MIN_GAIN = 0.02  # below this teacher gain, "recovered share" is noise and is reported as None
 
 
-def key_suites(recipe, router: Router) -> dict[tuple[str, str], list[RoutedPrompt]]:
-    suites = {}
-    for key in router.keys:
-        per_suite = router.tasks[key[0]].heldout_suites(recipe.eval.suites, recipe.eval.num_problems)
-        suites[key] = [router.format(key, problem, name) for name, problems in per_suite.items() for problem in problems]
-    return suites
+def key_cells(recipe, router: Router, keys=None) -> dict[tuple[str, str], list]:
+    """Per (domain, mode) key: the domain's held-out suites prompted in that mode, as eval cells."""
+    cells = {}
+    for key in keys or router.keys:
+        task = router.tasks[key[0]]
+        suites = task.heldout_suites(recipe.eval.suites, recipe.eval.num_problems)
+        cells[key] = cells_for(task, suites, {key[1]: recipe.modes[key[1]]})
+    return cells
 
 
-def score_suites(engine, router: Router, suites: dict) -> tuple[dict, dict]:
-    """Greedy accuracy and token use per key, every mode in one batched engine call; and the completions."""
-    flat = [(key, prompt) for key, prompts in suites.items() for prompt in prompts]
-    specs = [router.spec(key, temperature=0.0) for key, _ in flat]
-    result = router.rollout(engine, [prompt for _, prompt in flat], specs)
-    completions: dict = {key: [] for key in suites}
-    for (key, prompt), completion in zip(flat, result.completions):
-        completions[key].append((prompt, completion))
+def score_keys(actors, recipe, router: Router, cells: dict) -> tuple[dict, dict[tuple, list[CellResult]]]:
+    """Greedy accuracy and token use per key (every key in one batched rollout); and the scored cells."""
+    flat = [cell for key_cells_ in cells.values() for cell in key_cells_]
+    results = iter(score_cells(actors.engine, actors.tokenizer, flat, recipe.thinking_tags))
+    by_key = {key: [next(results) for _ in key_cells_] for key, key_cells_ in cells.items()}
     scores = {}
-    for key, rows in completions.items():
-        count = max(len(rows), 1)
-        correct = 0.0
-        for suite in dict.fromkeys(p.suite for p, _ in rows):
-            picked = [(p, c) for p, c in rows if p.suite == suite]
-            task = router.tasks[key[0]]
-            correct += sum(task.score_suite(suite, [p.problem for p, _ in picked], [c for _, c in picked])["score"])
+    for key, picked in by_key.items():
+        completions = [c for r in picked for c in r.completions]
+        count = max(len(completions), 1)
         scores[key] = {
-            "accuracy": correct / count,
-            "mean_thinking_tokens": sum(c.thinking_tokens for _, c in rows) / count,
-            "mean_answer_tokens": sum(c.answer_tokens for _, c in rows) / count,
-            "problems": len(rows),
+            "accuracy": sum(v for r in picked for v in r.entry["scores"]["score"]) / count,
+            "mean_thinking_tokens": sum(c.thinking_tokens for c in completions) / count,
+            "mean_answer_tokens": sum(c.answer_tokens for c in completions) / count,
+            "problems": len(completions),
         }
-    return scores, completions
+    return scores, by_key
 
 
-def heldout_kl(actors, pool, router: Router, completions: dict) -> dict[str, float]:
+def heldout_kl(actors, pool, router: Router, by_key: dict) -> dict[str, float]:
     """Per-teacher mean per-token KL(student || teacher) on the student's greedy completions."""
-    pairs = [(key, prompt, c) for key, rows in completions.items() for prompt, c in rows if c.token_ids]
-    seqs = completion_sequences([prompt.prompt_ids for _, prompt, _ in pairs], [c for _, _, c in pairs])
+    pairs = [(key, prompt, c) for key, results in by_key.items() for r in results
+             for prompt, c in zip(r.prompts, r.completions) if c.token_ids]
+    seqs = completion_sequences([prompt for _, prompt, _ in pairs], [c for _, _, c in pairs])
     extras = pool.score.remote(seqs, router.routing([key for key, _, _ in pairs]))
     loss = DistillLoss("reverse_kl", sum(map(sum, seqs.completion_mask)))
     return teacher_kls(ray.get(actors.trainer.evaluate.remote(seqs, loss, extras)), router)
 
 
-def teacher_scores(actors, pool, router: Router, suites: dict, dtype: str) -> dict[str, dict]:
+def teacher_scores(actors, pool, recipe, router: Router, cells: dict) -> dict[str, dict]:
     """Each teacher on its own key's suite, on the student's engine; the student's weights go back after."""
     scores = {}
+    dtype = recipe.model.engine_dtype
     for index, teacher in enumerate(router.teachers):
         ray.get(actors.engine.update_weights.remote(pool.engine_weights.remote(index, dtype)))
-        accuracy, _ = score_suites(actors.engine, router, {teacher.key: suites[teacher.key]})
+        accuracy, _ = score_keys(actors, recipe, router, {teacher.key: cells[teacher.key]})
         scores[router.names[index]] = {"key": "/".join(teacher.key), **accuracy[teacher.key]}
-    ray.get(actors.engine.update_weights.remote(actors.trainer.engine_weights.remote(dtype)))
+    actors.sync_weights(dtype)
     return scores
 
 
 def recovery_eval(recipe, actors, pool, router: Router, run, tag: str, before: dict | None = None) -> dict:
     """Student scores and held-out KL per teacher; teacher scores once (``before``); recovery after."""
-    suites = key_suites(recipe, router)
-    student, completions = score_suites(actors.engine, router, suites)
+    cells = key_cells(recipe, router)
+    student, by_key = score_keys(actors, recipe, router, cells)
     report = {
         "student": {"/".join(key): value for key, value in student.items()},
-        "kl": heldout_kl(actors, pool, router, completions),
-        "examples": {"/".join(key): [c.text for _, c in rows[:2]] for key, rows in completions.items()},
+        "kl": heldout_kl(actors, pool, router, by_key),
+        "examples": {"/".join(key): [c.text for r in results for c in r.completions][:2] for key, results in by_key.items()},
     }
     if before is None:
-        report["teachers"] = teacher_scores(actors, pool, router, suites, recipe.model.engine_dtype)
+        report["teachers"] = teacher_scores(actors, pool, recipe, router, cells)
     else:
         report["teachers"] = before["teachers"]
         report["recovery"] = recovery_table(before, report, router)

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
-from posttrain.policy import Sequences, engine_state_dict, length_sorted_chunks, pack_sequences
+from posttrain.core.models import resolve_model
+from .objective import TeacherHeads
+from posttrain.core.policy import Sequences, causal_lm, engine_state_dict, length_sorted_chunks, pack_sequences, torch_actor
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,6 @@ class Teacher:
 
 def resolve_teacher(cfg) -> Teacher:
     """A ``TeacherConfig`` -> ``Teacher``; raises ``ValueError`` saying what is wrong with it."""
-    from posttrain.models import resolve_model
-
     path = Path(cfg.path).expanduser()
     if not path.is_dir():
         if (Path(cfg.path).suffix or "/" in cfg.path) and not path.exists():
@@ -78,8 +78,6 @@ def _as_list(value) -> list[str]:
 def check_teachers(teacher_cfgs, student_path: str) -> list[str]:
     """Problems with the teachers, each naming its field path: missing checkpoints, a tokenizer
     or vocabulary that differs from the student's. Empty when all can be loaded and scored."""
-    from posttrain.models import resolve_model
-
     problems = []
     student = _Vocab.of(resolve_model(student_path))
     for index, cfg in enumerate(teacher_cfgs):
@@ -159,9 +157,9 @@ class TeacherPool:
             self._on_device = teacher.path
         return self._full[teacher.path]
 
-    def heads(self) -> tuple[list[int], list[torch.Tensor]]:
-        """``(head_index per teacher, distinct float32 output heads [V, H])``: adapter teachers
-        share their base's head, so 12 adapters over one base ship one head."""
+    def heads(self) -> TeacherHeads:
+        """The distinct float32 output heads ``[V, H]`` and which one each teacher uses: adapter
+        teachers share their base's head, so 12 adapters over one base ship one head."""
         index_of: dict[str, int] = {}
         heads, head_index = [], []
         for index, teacher in enumerate(self.teachers):
@@ -169,9 +167,9 @@ class TeacherPool:
             if owner not in index_of:
                 model = self._adapted[owner] if teacher.base else self._full[owner]
                 index_of[owner] = len(heads)
-                heads.append(_causal_lm(model).get_output_embeddings().weight.detach().float().cpu())
+                heads.append(causal_lm(model).get_output_embeddings().weight.detach().float().cpu())
             head_index.append(index_of[owner])
-        return head_index, heads
+        return TeacherHeads(heads, head_index)
 
     @torch.no_grad()
     def score(self, seqs: Sequences, routing: list[list[tuple[int, float]]]) -> dict[str, list]:
@@ -192,8 +190,8 @@ class TeacherPool:
         return {"routes": [[(k, w, hidden[(k, row)]) for k, w in routes] for row, routes in enumerate(routing)]}
 
     def _hidden_states(self, model, seqs: Sequences) -> list[torch.Tensor]:
-        decoder = _causal_lm(model).get_decoder()
-        pad_id = _causal_lm(model).config.pad_token_id or 0
+        decoder = causal_lm(model).get_decoder()
+        pad_id = causal_lm(model).config.pad_token_id or 0
         out: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
         for indices in length_sorted_chunks(seqs, self.micro_batch_size):
             sub = seqs.select(indices)
@@ -213,10 +211,6 @@ class TeacherPool:
         return True
 
 
-def _causal_lm(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _load_frozen(path: str, device):
     from transformers import AutoModelForCausalLM
 
@@ -225,10 +219,4 @@ def _load_frozen(path: str, device):
 
 
 def teacher_pool_actor(teachers: list[Teacher], num_cpus: float = 1, num_gpus: float = 0, micro_batch_size: int = 16):
-    import ray
-
-    threads = int(num_cpus) if num_gpus else os.cpu_count()
-    actor_cls = ray.remote(TeacherPool).options(
-        num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}}
-    )
-    return actor_cls.remote(teachers, micro_batch_size, threads)
+    return torch_actor(TeacherPool, num_cpus, num_gpus, teachers, micro_batch_size)

@@ -9,7 +9,18 @@ import sys
 import time
 from pathlib import Path
 
+from ray.exceptions import ActorDiedError, RayActorError
+
+from .core.rundir import RunDir
+from .evaluate import add_arguments as add_eval_arguments
+from .evaluate import run_eval_command
+from .fieldref import field_reference
+from .pipeline import StageFailed, run_pipeline, stage_seconds
+from .raycluster import init_ray
 from .recipe import RecipeError, load_recipe
+from .report import add_arguments as add_report_arguments
+from .report import report_dirs, run_report
+from .runner import train_recipe
 
 log = logging.getLogger("posttrain")
 
@@ -24,20 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("recipe")
     check.add_argument("overrides", nargs="*")
     sub.add_parser("fields", help="print the reference of every recipe field (Markdown)")
-    from .evaluate import add_arguments as add_eval_arguments
-    from .report import add_arguments as add_report_arguments
-
     add_report_arguments(sub.add_parser("report", help="JSON + HTML/Markdown report of run directories"))
     add_eval_arguments(sub.add_parser("eval", help="evaluate a checkpoint or model on held-out suites"))
     args = parser.parse_args(argv)
     if args.command in ("report", "eval"):
-        from .evaluate import run_eval_command
-        from .report import run_report
-
         return (run_report if args.command == "report" else run_eval_command)(args)
     if args.command == "fields":
-        from .fieldref import field_reference
-
         print(field_reference(), end="")
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
@@ -53,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_recipe(recipe) -> int:
-    from .raycluster import init_ray
-
     started = time.perf_counter()
     init_ray()  # RAY_ADDRESS / `ray job submit`, a `ray start` cluster here, else a local one
     if recipe.pipeline is not None:
@@ -76,16 +77,12 @@ def run_recipe(recipe) -> int:
 
 
 def _is_dead_actor(error: BaseException) -> bool:
-    from ray.exceptions import ActorDiedError, RayActorError
-
     return isinstance(error, (RayActorError, ActorDiedError))
 
 
 def dead_actor_message(error: BaseException, run_dir: Path) -> str:
     """What a user reads when an engine/trainer/teacher actor died under the run (OOM kill,
     segfault, lost node): which actor, that the checkpoints are intact, and how to resume."""
-    from .rundir import RunDir
-
     cause = str(error).strip().splitlines()
     latest = RunDir(run_dir.parent, run_dir.name).latest_checkpoint()
     kept = f"the newest checkpoint, {latest[1]}, is intact" if latest else "no checkpoint had been written yet"
@@ -99,8 +96,6 @@ def dead_actor_message(error: BaseException, run_dir: Path) -> str:
 
 def _write_report(run_dir: Path) -> None:
     """The run's report (report.json, report.html, report.md): a failure here never fails the run."""
-    from .report import report_dirs
-
     try:
         written = report_dirs([run_dir])
         print(f"  report: {', '.join(str(path) for path in written)}")
@@ -108,30 +103,7 @@ def _write_report(run_dir: Path) -> None:
         log.exception("could not write the report of %s (posttrain report %s retries)", run_dir, run_dir)
 
 
-def train_recipe(recipe) -> dict:
-    """One GRPO specialist or distillation run into its run directory; its results (evals, checkpoint)."""
-    from .models import resolve_model
-    from .rundir import RunDir
-
-    run = RunDir(recipe.run.output_dir, recipe.run.name)
-    run.save_recipe(recipe)
-    model_path = resolve_model(recipe.model.path)
-    try:
-        if recipe.distill is not None:
-            from distill.opd import distill_student
-
-            return distill_student(recipe, model_path, run)
-        from specialists.loop import train_specialist
-
-        return train_specialist(recipe, model_path, run)
-    finally:
-        run.close()
-
-
 def _run_pipeline(recipe, started: float) -> int:
-    from .pipeline import StageFailed, run_pipeline, stage_seconds
-    from .rundir import RunDir
-
     root = RunDir(recipe.run.output_dir, recipe.run.name)
     root.save_recipe(recipe)
     try:
@@ -160,8 +132,6 @@ def _print_summary(results: dict, run_dir: Path, seconds: float) -> None:
             extra = " ".join(f"{k} {v:.3f}" for k, v in report.items() if k.startswith("pass@"))
             tokens = f"thinking {report.get('mean_thinking_tokens', 0):.1f} + answer {report.get('mean_answer_tokens', 0):.1f} tok"
             print(f"  held-out {tag:6s} {suite}: accuracy {report['accuracy']:.3f} {extra} {tokens}")
-    from .rundir import RunDir
-
     metrics = RunDir(run_dir.parent, run_dir.name).read_metrics()
     if metrics:
         first, last = metrics[: max(1, len(metrics) // 4)], metrics[-max(1, len(metrics) // 4) :]

@@ -1,7 +1,7 @@
 """``posttrain eval CHECKPOINT --suites humaneval,gsm8k [--modes ...] [--recipe R] [--set key=value ...]``.
 
 Evaluates any model on named held-out suites through the Task interface (each
-suite scored by its own scorer, ``specialists/eval.py:evaluate_suites``):
+suite scored by its own scorer, through the one eval path ``posttrain/core/evaluation.py``):
 
 - CHECKPOINT: a built-in name (``smollm2-135m-instruct``), a model directory or hub
   id, a checkpoint ``PolicyTrainer.save`` wrote (full weights, or a LoRA adapter:
@@ -27,9 +27,19 @@ import sys
 import time
 from pathlib import Path
 
+import ray
 import yaml
+from transformers import AutoTokenizer
 
-from .recipe import RecipeError, TaskConfig, apply_overrides, validate_recipe
+from .core.checkpoints import engine_model_dir
+from .core.driver import start_engine
+from .core.evaluation import budget_sweep, cells_for, evaluate_cells
+from .core.modes import sweep_mode_name
+from .core.rundir import RunDir
+from .core.schema import TaskConfig
+from .core.tasks import make_task, task_class, task_domains
+from .raycluster import init_ray
+from .recipe import RecipeError, apply_overrides, validate_recipe
 
 log = logging.getLogger("posttrain.eval")
 
@@ -74,8 +84,6 @@ def find_checkpoint(spec: str) -> str:
     """A run directory -> its newest complete checkpoint; anything else as given."""
     path = Path(spec).expanduser()
     if path.is_dir() and not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
-        from .rundir import RunDir
-
         latest = RunDir(path.parent, path.name).latest_checkpoint()
         if latest is None:
             raise FileNotFoundError(f"{spec!r} is neither a model, an adapter checkpoint, nor a run directory with a checkpoint")
@@ -134,22 +142,16 @@ def suite_task_configs(names: list[str] | None, own: list[dict]) -> list[tuple[d
         else:
             missing.append(name)
     if missing:
-        from specialists.task import task_domains
-
         raise ValueError(f"unknown held-out suite(s) {missing}: no registered task ({', '.join(task_domains())}) has them")
     # a config built from suite names holds exactly those suites (an alias such as `arithmetic` included)
     return list(groups.values()) + [(cfg, _suite_names(cfg)) for cfg in by_domain.values()]
 
 
 def _suite_names(cfg: dict) -> list[str]:
-    from specialists.task import make_task
-
     return list(make_task(TaskConfig.model_validate(cfg)).heldout_suites(None, 1))
 
 
 def _registered_config(suite: str) -> dict | None:
-    from specialists.task import task_class, task_domains
-
     for domain in task_domains():
         cls = task_class(domain)
         if cfg := cls.suite_config(suite) or _default_source_config(cls, suite):
@@ -159,9 +161,7 @@ def _registered_config(suite: str) -> dict | None:
 
 def _default_source_config(cls, suite: str) -> dict | None:
     """A domain with no ``suite_config``: try each of its source kinds with defaults, keep one naming ``suite``."""
-    from specialists.task import make_task
-
-    for kind in cls.source_kinds:
+    for kind in cls.source_kinds():
         cfg = {"domain": cls.domain, "sources": [{"kind": kind}]}
         try:
             if suite in make_task(TaskConfig.model_validate(cfg)).heldout_suites(None, 1):
@@ -194,39 +194,22 @@ def _modes(recipe, names: str | None) -> dict:
 
 
 def evaluate_checkpoint(recipe, checkpoint: str, groups, base: str | None = None) -> tuple[dict, dict]:
-    """Start one engine on the checkpoint; every suite group through its task; ``(report, sweeps)``."""
-    import ray
-    from transformers import AutoTokenizer
-
-    from rollout.engine import EngineConfig, engine_actor
-    from specialists.eval import budget_sweep, evaluate_suites
-    from specialists.task import make_task
-
-    from .checkpoints import engine_model_dir
-    from .modes import sweep_mode, sweep_mode_name
-    from .raycluster import init_ray
-
+    """Start one engine on the checkpoint; every suite of every group in one batched eval; ``(report, sweeps)``."""
     init_ray()  # RAY_ADDRESS / `ray job submit`, a `ray start` cluster here, else a local one
-    modes, report, sweeps = _modes(recipe, None), {}, {}
+    modes, sweeps = _modes(recipe, None), {}
+    tasks = [(make_task(TaskConfig.model_validate(cfg), seed=recipe.run.seed), names) for cfg, names in groups]
+    task_suites = [(task, task.heldout_suites(names, recipe.eval.num_problems)) for task, names in tasks]
     with engine_model_dir(checkpoint, base) as model_dir:
-        config = EngineConfig(model=model_dir, dtype=recipe.model.engine_dtype, max_model_len=recipe.model.max_model_len,
-                              seed=recipe.run.seed, kv_cache_gib=recipe.engine.kv_cache_gib,
-                              gpu_memory_utilization=recipe.engine.gpu_memory_utilization,
-                              tensor_parallel_size=recipe.engine.tensor_parallel_size)
-        engine = engine_actor(config, num_cpus=recipe.engine.num_cpus, num_gpus=recipe.engine.num_gpus)
+        engine = start_engine(recipe, model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        ray.get(engine.ready.remote())
         try:
-            for cfg, names in groups:
-                task = make_task(TaskConfig.model_validate(cfg), seed=recipe.run.seed)
-                suites = task.heldout_suites(names, recipe.eval.num_problems)
-                report |= evaluate_suites(engine, tokenizer, task, suites, modes, recipe.thinking_tags,
-                                          pass_k=recipe.eval.pass_k, temperature=recipe.eval.temperature)
-                if recipe.eval.budget_sweep and (name := sweep_mode_name(recipe)):
-                    by_budget = {b: sweep_mode(recipe.modes[name], b) for b in recipe.eval.budget_sweep}
-                    suffix = "" if len(groups) == 1 else f"-{cfg['domain']}-{len(sweeps)}"
-                    sweep = budget_sweep(engine, tokenizer, task, suites, by_budget, recipe.thinking_tags)
-                    sweeps[suffix] = {"mode": name, **sweep}
+            cells = [cell for task, suites in task_suites for cell in cells_for(task, suites, modes)]
+            report = evaluate_cells(engine, tokenizer, cells, recipe.thinking_tags,
+                                    pass_k=recipe.eval.pass_k, temperature=recipe.eval.temperature)
+            if recipe.eval.budget_sweep and (name := sweep_mode_name(recipe)):
+                sweep = budget_sweep(engine, tokenizer, task_suites, recipe.modes[name], recipe.eval.budget_sweep,
+                                     recipe.thinking_tags)
+                sweeps[""] = {"mode": name, **sweep}
         finally:
             ray.kill(engine)
     return report, sweeps

@@ -26,78 +26,15 @@ import json
 import logging
 from pathlib import Path
 
-from .recipe import Recipe, RecipeError, read_recipe_data, validate_recipe
-from .stages import StageLedger, StageFailed, run_in_placement_group
+import ray
+
+from .core.schema import Recipe
+from .recipe import distill_recipe, specialist_recipes, stages_dir
+from .runner import train_recipe
+from .stages import StageFailed, StageLedger, run_in_placement_group
+from .student_eval import evaluate_student
 
 log = logging.getLogger("posttrain.pipeline")
-
-
-def stages_dir(recipe: Recipe) -> Path:
-    return Path(recipe.run.output_dir) / recipe.run.name / "stages"
-
-
-def _stage_data(recipe: Recipe, path: str, overrides: list[str], name: str) -> dict:
-    """A stage recipe's data with the pipeline's shared settings imposed."""
-    data = read_recipe_data(path, overrides)
-    shared = recipe.model_dump(mode="json")
-    data["model"] = shared["model"]
-    data["run"] = {
-        **(data.get("run") or {}), "name": name, "output_dir": str(stages_dir(recipe)),
-        "seed": recipe.run.seed, "resume": recipe.run.resume,
-    }
-    data["modes"], data["thinking_tags"] = shared["modes"], shared["thinking_tags"]
-    return data
-
-
-def specialist_recipes(recipe: Recipe) -> dict[str, Recipe]:
-    """Each specialist's validated GRPO recipe; ``RecipeError`` names the specialist and the field."""
-    recipes, problems = {}, []
-    for name, stage in recipe.pipeline.specialists.items():
-        where = f"pipeline.specialists.{name} ({stage.recipe})"
-        try:
-            data = _stage_data(recipe, stage.recipe, stage.overrides, f"specialist-{name}")
-            if not data.get("task"):
-                raise RecipeError("has no `task:` section (a specialist is a GRPO recipe)")
-            recipes[name] = validate_recipe(data, origin=where)
-        except RecipeError as error:
-            problems.append(str(error) if str(error).startswith(where) else f"{where}: {error}")
-    if problems:
-        raise RecipeError("\n".join(problems))
-    return recipes
-
-
-def teacher_entries(recipe: Recipe, specialists: dict[str, Recipe]) -> list[dict]:
-    """One teacher per (specialist, mode): the specialist's final checkpoint, prompted in that mode."""
-    entries = []
-    for name, specialist in specialists.items():
-        checkpoint = stages_dir(recipe) / f"specialist-{name}" / "checkpoints" / f"step_{specialist.grpo.steps}"
-        for mode in recipe.pipeline.teacher_modes or list(specialist.task.modes):
-            entries.append({"domain": name, "mode": mode, "path": str(checkpoint.resolve())})
-    return entries
-
-
-def distill_recipe(recipe: Recipe, specialists: dict[str, Recipe], check_files: bool = True) -> Recipe:
-    stage = recipe.pipeline.distill
-    where = f"pipeline.distill ({stage.recipe})"
-    data = _stage_data(recipe, stage.recipe, stage.overrides, "distill")
-    if not isinstance(data.get("distill"), dict):
-        raise RecipeError(f"{where}: has no `distill:` section")
-    data["distill"]["domains"] = {name: s.task.model_dump(mode="json") for name, s in specialists.items()}
-    data["distill"]["teachers"] = teacher_entries(recipe, specialists)
-    return validate_recipe(data, origin=where, check_files=check_files)
-
-
-def check_pipeline(recipe: Recipe) -> list[str]:
-    """Every stage's recipe validates (teachers' checkpoints excepted: they do not exist yet)."""
-    try:
-        specialists = specialist_recipes(recipe)
-        distill_recipe(recipe, specialists, check_files=False)
-    except RecipeError as error:
-        return [str(error)]
-    for index, mode in enumerate(recipe.pipeline.teacher_modes or []):
-        if mode not in recipe.modes:
-            return [f"pipeline.teacher_modes.{index}: no mode named {mode!r} (defined: {sorted(recipe.modes)})"]
-    return []
 
 
 def run_pipeline(recipe: Recipe) -> dict:
@@ -133,10 +70,6 @@ def _resources(recipe: Recipe, trainer: bool = True) -> dict[str, float]:
 
 def _run_stage(recipe: Recipe) -> dict:
     """A specialist or distillation run (inside its placement group); JSON-able outputs."""
-    import ray
-
-    from .cli import train_recipe
-
     results = train_recipe(recipe)
     return {
         "run_dir": str(Path(recipe.run.output_dir) / recipe.run.name), "checkpoint": results.get("checkpoint"),
@@ -164,8 +97,6 @@ def _register_teachers(recipe: Recipe, specialists: dict[str, Recipe]) -> dict:
 
 def _evaluate_student(recipe: Recipe, results: dict) -> dict:
     """The distilled student on each specialist's held-out suites, in each teacher mode, beside its specialist."""
-    from specialists.student_eval import evaluate_student
-
     specialists = specialist_recipes(recipe)
     return evaluate_student(recipe, specialists, results["distill"]["checkpoint"], stages_dir(recipe) / "eval")
 
@@ -175,4 +106,4 @@ def stage_seconds(ledger_path: Path) -> dict[str, float]:
     return {name: entry.get("seconds", 0.0) for name, entry in ledger.items()}
 
 
-__all__ = ["StageFailed", "check_pipeline", "distill_recipe", "run_pipeline", "specialist_recipes", "stage_seconds"]
+__all__ = ["StageFailed", "distill_recipe", "run_pipeline", "specialist_recipes", "stage_seconds"]

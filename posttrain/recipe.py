@@ -1,340 +1,39 @@
-"""Recipe schema: what a YAML recipe may say, typed, with errors that name the field.
+"""Loading a recipe: YAML + dotted overrides -> a validated ``Recipe``, or one error listing every problem.
 
-``load_recipe(path, overrides)`` reads YAML, applies dotted ``key=value``
-overrides, validates everything (including things pydantic cannot see: files,
-reward names, model paths), and returns a ``Recipe``. Nothing is built or
-started here; a bad recipe fails before any work does.
+``load_recipe(path, overrides)`` reads YAML, applies ``key=value`` overrides,
+validates the schema (``posttrain/core/schema.py``), then what the schema
+cannot see, each problem with its field path: a domain's own source fields
+(typed by the domain's source schemas), registered names (task domains,
+rewards, divergences, trackers), effort modes against the context window,
+models on disk, teachers' checkpoints and tokenizers, and every stage of a
+pipeline. Nothing is built or started here; a bad recipe fails before any work.
+
+This module sits on top (it knows every domain and the distillation and
+pipeline checks); the loops and the core never import it.
 """
 
 from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
+
+import specialists.domains  # noqa: F401  (registers the built-in task domains)
+from distill.divergences import resolve_divergence
+from distill.teachers import check_teachers
+from rewards import RewardNotFound, resolve_reward
+
+from .core.models import check_model_spec
+from .core.modes import check_modes
+from .core.schema import Recipe, TaskConfig
+from .core.tasks import typed_sources
+from .core.trackers import check_trackers
 
 
 class RecipeError(ValueError):
     """A recipe that cannot run; the message lists every problem with its field path."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class WandbSettings(Strict):
-    project: str = Field("posttrain", description="W&B project")
-    entity: str | None = Field(None, description="W&B entity (team or user); default: the logged-in user's")
-    mode: Literal["online", "offline", "disabled"] | None = Field(None, description="default: WANDB_MODE, else online")
-
-
-class MlflowSettings(Strict):
-    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default: MLFLOW_TRACKING_URI, else a file store `mlruns/` beside the run directories")
-    experiment: str = Field("posttrain", description="MLflow experiment name (created if missing)")
-
-
-class RunConfig(Strict):
-    name: str = Field("run", description="run directory name under output_dir")
-    output_dir: str = Field("runs", description="where run directories go")
-    seed: int = Field(0, description="seeds prompts, sampling and initialisation; a run's steps are a pure function of it")
-    resume: bool = Field(True, description="continue from the newest complete checkpoint in the run directory")
-    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"], description="where step metrics go besides metrics.jsonl; wandb and mlflow need their packages")
-    wandb: WandbSettings = Field(default_factory=WandbSettings, description="used when trackers names wandb")
-    mlflow: MlflowSettings = Field(default_factory=MlflowSettings, description="used when trackers names mlflow")
-
-
-class ModelConfig(Strict):
-    path: str = Field("smollm2-135m-instruct", description="built-in name, local directory, or hub id")
-    max_model_len: int = Field(1024, gt=0, description="the engine's context window (prompt + completion tokens)")
-    prompt_room: int = Field(128, gt=0, description="tokens kept for the prompt: every mode's max_tokens + this must fit")
-    engine_dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="weights dtype in vLLM (and of the weights pushed to it)")
-
-
-class EngineSettings(Strict):
-    kv_cache_gib: float = Field(1.0, gt=0, description="CPU only: KV cache memory")
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU only")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (vLLM tensor parallelism)")
-    num_cpus: float = Field(1, description="Ray logical CPUs reserved for the engine actor")
-    num_gpus: float = Field(0, description="Ray GPUs reserved for the engine actor (0 on CPU)")
-
-
-class LoraConfig(Strict):
-    r: int = Field(16, gt=0, description="LoRA rank")
-    alpha: int = Field(32, description="LoRA scale numerator (scale = alpha / r)")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch")
-    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="module names to adapt, or every linear layer but the output head")
-
-
-class TrainerConfig(Strict):
-    lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas")
-    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
-    micro_batch_size: int = Field(16, gt=0, description="sequences per forward/backward")
-    autocast: Literal["bfloat16", "none"] = Field("bfloat16", description="compute dtype of forward/backward; master weights stay float32")
-    lora: LoraConfig | None = Field(None, description="train a LoRA adapter (frozen bf16 base) instead of every weight")
-    logprob_chunk_tokens: int = Field(
-        1024, ge=0, description="tokens whose [tokens, vocab] logits live at once when computing log-probs "
-        "(recomputed in backward); 0 = the whole micro-batch at once (faster, B*T*V floats of memory)"
-    )
-    num_cpus: float = Field(1, description="Ray logical CPUs reserved for the trainer actor")
-    num_gpus: float = Field(0, description="Ray GPUs reserved for the trainer actor")
-
-
-class Gsm8kSource(Strict):
-    kind: Literal["gsm8k"] = Field(description="GSM8K word problems")
-    weight: float = Field(1.0, gt=0, description="sampling weight among the task's sources")
-    path: str = Field("../shared/data/gsm8k/train.jsonl", description="jsonl file or hub id (openai/gsm8k)")
-
-    @field_validator("path")
-    @classmethod
-    def _exists_or_hub_id(cls, path: str) -> str:
-        looks_local = path.startswith((".", "/", "~")) or path.endswith((".jsonl", ".json"))
-        if looks_local and not Path(path).expanduser().exists():
-            raise ValueError(f"file {path!r} does not exist (relative paths are from the working directory)")
-        return path
-
-
-class ArithmeticSource(Strict):
-    kind: Literal["arithmetic"] = Field(description="procedural arithmetic (What is 7 + 5?)")
-    weight: float = Field(1.0, gt=0, description="sampling weight among the task's sources")
-    count: int = Field(20000, gt=0, description="problems generated (deduplicated; 10% held out by hash)")
-    max_operand: int = Field(20, gt=0, description="operands drawn from 0..max_operand")
-    ops: str = Field("+-", pattern=r"^[+\-*]+$", description="operators to draw from")
-    terms: int = Field(2, ge=2, description="operands per expression")
-
-
-class CodeSynthSource(Strict):
-    kind: Literal["code_synth"] = Field(description="procedural Python function-writing problems with assert tests (specialists/code_synth.py)")
-    weight: float = Field(1.0, gt=0, description="sampling weight among the task's sources")
-    count: int = Field(5000, gt=0, description="distinct problems generated (fewer when the templates run out, ~4400; 10% held out by hash)")
-    families: list[Literal["number", "list", "string"]] | None = Field(None, description="template families to draw from; default: all")
-
-
-class InstructSynthSource(Strict):
-    kind: Literal["if_synth"] = Field(description="procedural instruction following: a writing task + verifiable constraints")
-    weight: float = Field(1.0, gt=0, description="sampling weight among the task's sources")
-    count: int = Field(20000, gt=0, description="prompts generated (deduplicated, IFBench test prompts dropped; 10% held out by hash)")
-    min_constraints: int = Field(1, ge=1, description="fewest constraints per prompt")
-    max_constraints: int = Field(3, ge=1, description="most constraints per prompt (fewer when the drawn ones conflict)")
-    constraints: list[str] | None = Field(None, description="constraint ids to draw from (specialists/instruct_data.py); default: all")
-
-    @model_validator(mode="after")
-    def _known_constraints(self) -> InstructSynthSource:
-        from specialists.instruct_data import SPEC_IDS
-
-        if self.min_constraints > self.max_constraints:
-            raise ValueError(f"min_constraints ({self.min_constraints}) exceeds max_constraints ({self.max_constraints})")
-        unknown = sorted(set(self.constraints or ()) - set(SPEC_IDS))
-        if unknown:
-            raise ValueError(f"constraints {unknown} are unknown; known: {SPEC_IDS}")
-        return self
-
-
-class AgentEnvSource(Strict):
-    kind: Literal["tool_env"] = Field(description="procedural tool-use tasks of an environment (agent domain)")
-    env: str = Field(description="a registered environment: calculator, kv_store, search, api_call, or your own")
-    weight: float = Field(1.0, gt=0, description="sampling weight among the task's sources")
-    count: int = Field(2000, gt=0, description="tasks drawn (deduplicated; 10% held out by hash)")
-    max_turns: int = Field(4, gt=0, description="model turns per episode (the environment may allow fewer)")
-    forced_call_share: float = Field(
-        0.0, ge=0, le=1, description="share of each training group's episodes whose first turn is decoded as a "
-        "call of one of the tools (vLLM structured outputs); forced calls beside free answers in one group give "
-        "a base model that writes prose its first format signal. 0: the model decides. Held-out suites never force",
-    )
-
-    @field_validator("env")
-    @classmethod
-    def _registered(cls, env: str) -> str:
-        from rollout.environments import environment_names
-
-        if env not in environment_names():
-            raise ValueError(f"unknown environment {env!r}; known: {environment_names()}")
-        return env
-
-
-Source = Annotated[Gsm8kSource | ArithmeticSource | CodeSynthSource | InstructSynthSource | AgentEnvSource, Field(discriminator="kind")]
-
-
-class RewardSpec(Strict):
-    name: str = Field(description="registered name, 'module:function', or an entry point")
-    weight: float = Field(1.0, description="weight of this reward in the sample's total")
-    timeout_s: float = Field(30.0, gt=0, description="a call running longer scores the sample as failed (counted, logged)")
-
-
-class EffortMode(Strict):
-    """A reasoning-effort mode (see ``posttrain/modes.py``): how much the model may think, and length shaping."""
-
-    thinking: bool = Field(False, description="whether the model thinks (between the thinking tags) before answering")
-    thinking_budget: int | None = Field(None, gt=0, description="thinking tokens before the close tag is forced")
-    max_tokens: int = Field(gt=0, description="completion tokens in all: thinking + close tag + answer")
-    instruction: str | None = Field(None, description="system instruction for this mode")
-    overlong_buffer: int = Field(0, ge=0, description="DAPO soft overlong punishment: the last N tokens before max_tokens")
-    overlong_penalty: float = Field(1.0, ge=0, description="DAPO: the penalty at max_tokens")
-    target_length: int | None = Field(None, gt=0, description="L1-style: penalise |completion tokens - target|")
-    length_coef: float = Field(0.0, ge=0, description="L1-style: penalty per token of |length - target_length|")
-
-    @model_validator(mode="after")
-    def _budget_matches_thinking(self) -> EffortMode:
-        from .modes import MIN_ANSWER_TOKENS
-
-        if self.thinking and self.thinking_budget is None:
-            raise ValueError("thinking_budget is required when thinking is true")
-        if not self.thinking and self.thinking_budget is not None:
-            raise ValueError("thinking_budget is set but thinking is false")
-        if self.thinking_budget is not None and self.thinking_budget + MIN_ANSWER_TOKENS > self.max_tokens:
-            raise ValueError(
-                f"thinking_budget ({self.thinking_budget}) + {MIN_ANSWER_TOKENS} tokens for the close tag and "
-                f"answer exceeds max_tokens ({self.max_tokens})"
-            )
-        if self.length_coef > 0 and self.target_length is None:
-            raise ValueError("length_coef needs target_length")
-        return self
-
-
-class ThinkingTags(Strict):
-    """Thinking tags our chat formatting adds for templates that lack them (SmolLM2 has none)."""
-
-    open: str = Field("<think>", description="tag that opens thinking (prefilled at the end of a thinking prompt)")
-    close: str = Field("</think>", description="tag that ends thinking; forced at the budget")
-    instruction: str = Field("Think step by step between {open} and {close}, then give the final answer after {close}.", description="system text telling templates without tags how to use them")
-
-
-class TaskConfig(Strict):
-    domain: str = Field("math", description="the task's domain: math, code, instruct, agent, or one registered with @register_task")
-    sources: list[Source] = Field(min_length=1, description="prompt sources, drawn by weight")
-    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="math_verify")], min_length=1, description="rewards summed with their weights")
-    instruction: str = Field("Give the final answer as a number at the end.", description="appended to every question")
-    modes: dict[str, float] = Field(default_factory=dict, description="mode name -> sampling weight; default: every mode")
-
-
-class GrpoConfig(Strict):
-    steps: int = Field(20, ge=0, description="optimizer steps (each: generate, reward, update, weight sync)")
-    prompts_per_step: int = Field(8, gt=0, description="prompts per step, P")
-    samples_per_prompt: int = Field(8, ge=2, description="group size G; advantages need >= 2")
-    temperature: float = Field(1.0, gt=0, description="sampling temperature")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
-    max_tokens: int = Field(128, gt=0, description="completion tokens per sample of the default mode (no `modes:`)")
-    advantage: Literal["grpo", "dr_grpo"] = Field("grpo", description="grpo: (r - mean) / std per group; dr_grpo: r - mean")
-    clip_low: float = Field(0.2, ge=0, description="PPO ratio clip below 1")
-    clip_high: float = Field(0.2, ge=0, description="DAPO clip-higher: set above clip_low, e.g. 0.28")
-    kl_coef: float = Field(0.0, ge=0, description="k3 KL to the reference model; 0 disables it")
-    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field("token_mean", description="how token losses are averaged (see specialists/grpo.py)")
-    minibatches: int = Field(1, ge=1, description="optimizer steps per batch (>1 recomputes old log-probs)")
-    truncation_warn: float = Field(0.2, ge=0, le=1, description="warn when more than this share of samples is truncated")
-    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only the final one")
-    log_samples: int = Field(4, ge=0, description="completions saved to samples.jsonl per step")
-
-
-class EvalConfig(Strict):
-    before: bool = Field(True, description="evaluate before training")
-    after: bool = Field(True, description="evaluate after training")
-    suites: list[str] | None = Field(None, description="held-out suites by name (e.g. humaneval, ifbench, bfcl_simple, gsm8k); default: the domain's own")
-    num_problems: int = Field(100, gt=0, description="per source")
-    pass_k: int = Field(4, ge=1, description="samples per problem for pass@k (1 disables)")
-    temperature: float = Field(1.0, gt=0, description="for the pass@k samples; accuracy is greedy")
-    max_tokens: int | None = Field(None, gt=0, description="default: grpo.max_tokens")
-    modes: list[str] | None = Field(None, description="modes to evaluate; default: the task's modes")
-    sweep_mode: str | None = Field(None, description="thinking mode for the budget sweep; default: the largest budget")
-    budget_sweep: list[int] = Field(default_factory=list, description="thinking budgets for the accuracy curve")
-
-
-class TeacherConfig(Strict):
-    domain: str = Field(description="a key of distill.domains: whose prompts this teacher scores")
-    mode: str = Field(description="the effort mode of the prompts this teacher scores")
-    path: str = Field(description="checkpoint directory: a full model, or a peft adapter over its base")
-    base: str | None = Field(None, description="adapter base model; default: the adapter's own record")
-    weight: float = Field(1.0, gt=0, description="w_i; teachers sharing a (domain, mode) all score it")
-
-
-class DistillConfig(Strict):
-    """On-policy distillation: the student samples, the teacher(s) of each prompt's key score it."""
-
-    domains: dict[str, TaskConfig] = Field(min_length=1, description="prompt sources per domain")
-    teachers: list[TeacherConfig] = Field(min_length=1, description="teachers by (domain, mode); see docs/distillation.md")
-    steps: int = Field(20, ge=0, description="optimizer steps (each: generate, teacher_score, update, weight sync)")
-    prompts_per_step: int = Field(16, gt=0, description="drawn uniformly across (domain, mode) keys")
-    samples_per_prompt: int = Field(1, gt=0, description="student samples per prompt")
-    temperature: float = Field(1.0, gt=0, description="student sampling temperature")
-    top_p: float = Field(1.0, gt=0, le=1, description="student nucleus sampling")
-    divergence: Literal["reverse_kl", "forward_kl", "generalized_jsd", "sampled_token"] = Field("reverse_kl", description="per-token divergence over the full vocabulary")
-    jsd_beta: float = Field(0.5, ge=0, le=1, description="generalized_jsd only")
-    chunk_size: int = Field(512, gt=0, description="student tokens per [chunk, vocab] block")
-    teacher_num_cpus: float = Field(0, ge=0, description="0: the pool shares the cores (phases run one at a time)")
-    teacher_num_gpus: float = Field(0, description="Ray GPUs reserved for the teacher pool")
-    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only the final one")
-    log_samples: int = Field(4, ge=0, description="completions saved to samples.jsonl per step")
-
-    @model_validator(mode="after")
-    def _teachers_have_domains(self) -> DistillConfig:
-        for index, teacher in enumerate(self.teachers):
-            if teacher.domain not in self.domains:
-                raise ValueError(
-                    f"teachers.{index}.domain {teacher.domain!r} is not one of distill.domains {sorted(self.domains)}"
-                )
-        return self
-
-
-class StageRecipe(Strict):
-    recipe: str = Field(description="path to the stage's recipe YAML (relative to the working directory)")
-    overrides: list[str] = Field(default_factory=list, description="dotted key=value overrides applied to that recipe")
-
-    @field_validator("recipe")
-    @classmethod
-    def _absolute(cls, path: str) -> str:
-        """Resolved now: a Ray job driver may run stages after its working directory changed."""
-        return str(Path(path).expanduser().resolve())
-
-
-class PipelineConfig(Strict):
-    """Specialists -> teachers -> on-policy distillation -> eval, in one driver (``posttrain/pipeline.py``)."""
-
-    specialists: dict[str, StageRecipe] = Field(min_length=1, description="specialist name (its distillation domain) -> its GRPO recipe")
-    distill: StageRecipe = Field(description="the distillation recipe; the pipeline fills in its distill.domains and distill.teachers")
-    teacher_modes: list[str] | None = Field(None, description="modes each specialist teaches in; default: the modes it trained in")
-    eval_suites: list[str] | None = Field(None, description="held-out suites for the final student; default: each domain's own")
-    parallel_specialists: bool = Field(True, description="run specialists side by side when the cluster has room (a placement group each)")
-
-
-class Recipe(Strict):
-    run: RunConfig = Field(default_factory=RunConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    engine: EngineSettings = Field(default_factory=EngineSettings)
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
-    task: TaskConfig | None = Field(None, description="a GRPO specialist run")
-    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
-    distill: DistillConfig | None = Field(None, description="an on-policy distillation run")
-    pipeline: PipelineConfig | None = Field(None, description="a whole pipeline: specialists, teachers, distillation, eval")
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    modes: dict[str, EffortMode] = Field(default_factory=dict, description="reasoning-effort modes by name")
-    thinking_tags: ThinkingTags = Field(default_factory=ThinkingTags)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_mode(cls, data):
-        from .modes import with_default_modes
-
-        if isinstance(data, dict) and data.get("pipeline") is not None and not data.get("modes"):
-            raise ValueError("a pipeline recipe defines `modes:` once, for every stage")
-        return with_default_modes(data)
-
-    @model_validator(mode="after")
-    def _fits_context(self) -> Recipe:
-        if sum(section is not None for section in (self.task, self.distill, self.pipeline)) != 1:
-            raise ValueError(
-                "a recipe has exactly one of `task` (GRPO specialist), `distill` (on-policy distillation) "
-                "or `pipeline` (specialists -> distillation -> eval)"
-            )
-        if self.grpo.max_tokens >= self.model.max_model_len:
-            raise ValueError(
-                f"grpo.max_tokens ({self.grpo.max_tokens}) leaves no room for the prompt in "
-                f"model.max_model_len ({self.model.max_model_len})"
-            )
-        if self.grpo.prompts_per_step * self.grpo.samples_per_prompt % self.grpo.minibatches:
-            raise ValueError("grpo.minibatches must divide prompts_per_step * samples_per_prompt")
-        return self
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -397,9 +96,9 @@ def validate_recipe(data: dict, origin: str = "recipe", check_files: bool = True
         recipe = Recipe.model_validate(data)
     except ValidationError as error:
         raise RecipeError(_format_errors(origin, error)) from None
-    from .modes import check_modes
-
-    problems = check_modes(recipe) + _check_resolvable(recipe, check_files)
+    recipe, problems = _typed_tasks(recipe)
+    if not problems:
+        problems = check_modes(recipe) + _check_resolvable(recipe, check_files)
     if problems:
         raise RecipeError(f"{origin}: {len(problems)} problem(s)\n" + "\n".join(textwrap.indent(p, "  ") for p in problems))
     return recipe
@@ -414,45 +113,115 @@ def _format_errors(origin: str, error: ValidationError) -> str:
     return f"{origin}: {len(lines)} problem(s)\n" + "\n".join(lines)
 
 
-def _check_resolvable(recipe: Recipe, check_files: bool = True) -> list[str]:
-    """What the schema cannot see: models on disk, reward names."""
-    from rewards import RewardNotFound, resolve_reward
-
-    from .models import check_model_spec
-    from .trackers import missing_tracker_packages
-
-    problems = missing_tracker_packages(recipe.run.trackers)
-    if message := check_model_spec(recipe.model.path):
-        problems.append(f"model.path: {message}")
+def task_configs(recipe: Recipe) -> dict[str, TaskConfig]:
+    """Every task config of a recipe by its field path (``task``, ``distill.domains.<name>``)."""
     tasks = {"task": recipe.task} if recipe.task else {}
     if recipe.distill:
         tasks.update({f"distill.domains.{name}": task for name, task in recipe.distill.domains.items()})
-    for where, task in tasks.items():
-        problems += _check_task_domain(where, task)
+    return tasks
+
+
+def _typed_tasks(recipe: Recipe) -> tuple[Recipe, list[str]]:
+    """The recipe with every task's sources typed by its domain's source schemas; problems with field paths."""
+    problems = []
+    for where, task in task_configs(recipe).items():
+        typed, found = typed_sources(task)
+        problems += [f"{where}.{path}: {message}" for path, message in found]
+        if not found and where == "task":
+            recipe.task = typed
+        elif not found:
+            recipe.distill.domains[where.rsplit(".", 1)[1]] = typed
+    return recipe, problems
+
+
+def _check_resolvable(recipe: Recipe, check_files: bool = True) -> list[str]:
+    """What the schema cannot see: models on disk, registered names, teachers, pipeline stages."""
+    problems = check_trackers(recipe.run.trackers)
+    if message := check_model_spec(recipe.model.path):
+        problems.append(f"model.path: {message}")
+    for where, task in task_configs(recipe).items():
         for index, spec in enumerate(task.rewards):
             try:
                 resolve_reward(spec.name)
             except RewardNotFound as error:
                 problems.append(f"{where}.rewards.{index}.name: {error}")
+    if recipe.distill:
+        try:
+            resolve_divergence(recipe.distill.divergence)
+        except ValueError as error:
+            problems.append(f"distill.divergence: {error}")
     if recipe.distill and not problems and check_files:
-        from distill.teachers import check_teachers
-
         problems += check_teachers(recipe.distill.teachers, recipe.model.path)
     if recipe.pipeline and not problems:
-        from .pipeline import check_pipeline
-
         problems += check_pipeline(recipe)
     return problems
 
 
-def _check_task_domain(where: str, task: TaskConfig) -> list[str]:
-    from specialists.task import task_class, task_domains
+# ---- a pipeline's stages: each stage recipe with the pipeline's shared settings imposed ----
 
-    if task.domain not in task_domains():
-        return [f"{where}.domain: unknown domain {task.domain!r}; known: {task_domains()}"]
-    kinds = task_class(task.domain).source_kinds
-    return [
-        f"{where}.sources.{index}.kind: {source.kind!r} is not a {task.domain} source (those are {list(kinds)})"
-        for index, source in enumerate(task.sources)
-        if source.kind not in kinds
-    ]
+def stages_dir(recipe: Recipe) -> Path:
+    return Path(recipe.run.output_dir) / recipe.run.name / "stages"
+
+
+def _stage_data(recipe: Recipe, path: str, overrides: list[str], name: str) -> dict:
+    """A stage recipe's data with the pipeline's shared settings imposed."""
+    data = read_recipe_data(path, overrides)
+    shared = recipe.model_dump(mode="json")
+    data["model"] = shared["model"]
+    data["run"] = {
+        **(data.get("run") or {}), "name": name, "output_dir": str(stages_dir(recipe)),
+        "seed": recipe.run.seed, "resume": recipe.run.resume,
+    }
+    data["modes"], data["thinking_tags"] = shared["modes"], shared["thinking_tags"]
+    return data
+
+
+def specialist_recipes(recipe: Recipe) -> dict[str, Recipe]:
+    """Each specialist's validated GRPO recipe; ``RecipeError`` names the specialist and the field."""
+    recipes, problems = {}, []
+    for name, stage in recipe.pipeline.specialists.items():
+        where = f"pipeline.specialists.{name} ({stage.recipe})"
+        try:
+            data = _stage_data(recipe, stage.recipe, stage.overrides, f"specialist-{name}")
+            if not data.get("task"):
+                raise RecipeError("has no `task:` section (a specialist is a GRPO recipe)")
+            recipes[name] = validate_recipe(data, origin=where)
+        except RecipeError as error:
+            problems.append(str(error) if str(error).startswith(where) else f"{where}: {error}")
+    if problems:
+        raise RecipeError("\n".join(problems))
+    return recipes
+
+
+def teacher_entries(recipe: Recipe, specialists: dict[str, Recipe]) -> list[dict]:
+    """One teacher per (specialist, mode): the specialist's final checkpoint, prompted in that mode."""
+    entries = []
+    for name, specialist in specialists.items():
+        checkpoint = stages_dir(recipe) / f"specialist-{name}" / "checkpoints" / f"step_{specialist.grpo.steps}"
+        for mode in recipe.pipeline.teacher_modes or list(specialist.task.modes):
+            entries.append({"domain": name, "mode": mode, "path": str(checkpoint.resolve())})
+    return entries
+
+
+def distill_recipe(recipe: Recipe, specialists: dict[str, Recipe], check_files: bool = True) -> Recipe:
+    stage = recipe.pipeline.distill
+    where = f"pipeline.distill ({stage.recipe})"
+    data = _stage_data(recipe, stage.recipe, stage.overrides, "distill")
+    if not isinstance(data.get("distill"), dict):
+        raise RecipeError(f"{where}: has no `distill:` section")
+    data["distill"]["domains"] = {name: s.task.model_dump(mode="json") for name, s in specialists.items()}
+    data["distill"]["teachers"] = teacher_entries(recipe, specialists)
+    return validate_recipe(data, origin=where, check_files=check_files)
+
+
+def check_pipeline(recipe: Recipe) -> list[str]:
+    """Every stage's recipe validates (teachers' checkpoints excepted: they do not exist yet)."""
+    try:
+        specialists = specialist_recipes(recipe)
+        distill_recipe(recipe, specialists, check_files=False)
+    except RecipeError as error:
+        return [str(error)]
+    for index, mode in enumerate(recipe.pipeline.teacher_modes or []):
+        if mode not in recipe.modes:
+            return [f"pipeline.teacher_modes.{index}: no mode named {mode!r} (defined: {sorted(recipe.modes)})"]
+    return []

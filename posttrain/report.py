@@ -27,6 +27,9 @@ from pathlib import Path
 
 import yaml
 
+from .report_plots import all_figures
+from .report_render import headline_lines, render_html, render_markdown
+
 TAG_ORDER = ("before", "after")
 
 
@@ -307,9 +310,6 @@ def build_report(paths: list[Path]) -> tuple[dict, list[RunData]]:
 
 
 def write_report(report: dict, runs: list[RunData], out: Path, formats: list[str]) -> list[Path]:
-    from .report_plots import all_figures
-    from .report_render import render_html, render_markdown
-
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "report.json"]
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -360,8 +360,6 @@ def run_report(args) -> int:
     out = args.output or (args.run_dirs[0] if len(args.run_dirs) == 1 else Path("report"))
     for path in write_report(report, runs, out, formats):
         print(path)
-    from .report_render import headline_lines
-
     print("\n".join(headline_lines(report)))
     return 0
 

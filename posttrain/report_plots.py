@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 
+from .core.plots import budget_sweep_figure, pyplot
+
 CURVE_PANELS = (  # (title, metric names or prefix patterns "prefix*")
     ("reward", ("reward/mean", "mode/*/reward")),
     ("loss", ("loss/policy", "distill/loss")),
@@ -17,12 +19,7 @@ CURVE_PANELS = (  # (title, metric names or prefix patterns "prefix*")
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _png(figure) -> bytes:
@@ -110,23 +107,7 @@ def token_use(per_tag: dict[str, dict[str, dict]], train: dict[str, dict]) -> by
 
 
 def budget_curves(sweeps: dict[str, dict]) -> bytes | None:
-    if not sweeps:
-        return None
-    plt = _pyplot()
-    figure, (accuracy_axis, tokens_axis) = plt.subplots(1, 2, figsize=(9, 3.4))
-    budgets: list[int] = []
-    for tag, sweep in sweeps.items():
-        budgets = [point["budget"] for point in sweep["points"]]
-        accuracy_axis.plot(budgets, [p["accuracy"] for p in sweep["points"]], marker="o", label=tag)
-        tokens_axis.plot(budgets, [p["mean_thinking_tokens"] for p in sweep["points"]], marker="o", label=tag)
-    tokens_axis.plot(budgets, budgets, linestyle=":", color="grey", label="budget")
-    mode = next(iter(sweeps.values())).get("mode", "?")
-    accuracy_axis.set(xlabel="thinking budget (tokens)", ylabel="greedy accuracy", title=f"accuracy vs budget ({mode})")
-    tokens_axis.set(xlabel="thinking budget (tokens)", ylabel="mean thinking tokens", title="thinking tokens used")
-    for axis in (accuracy_axis, tokens_axis):
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    return _png(figure)
+    return _png(budget_sweep_figure(sweeps, size=(9, 3.4))) if sweeps else None
 
 
 def grouped_bars(names: list[str], series: list[tuple[str, list]], ylabel: str, title: str) -> bytes | None:

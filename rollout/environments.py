@@ -37,10 +37,11 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from posttrain.plugins import NotFound, Registry, qualname
+
 from .calls import ToolCall
 from .tools import Tool, ToolArgumentError
 
-_ENVIRONMENTS: dict[str, type[Environment]] = {}
 ERROR_KINDS = ("malformed", "unknown_tool", "bad_arguments", "tool_exception")
 
 
@@ -110,34 +111,33 @@ class Environment:
         raise NotImplementedError
 
 
+ENVIRONMENTS: Registry[type[Environment]] = Registry("environment", entry_point_group="posttrain.environments")
+
+
 def environment(name: str) -> Callable[[type[Environment]], type[Environment]]:
     """Register an ``Environment`` subclass under ``name``; a second registration of a name is refused."""
 
     def register(cls):
-        if name in _ENVIRONMENTS and _ENVIRONMENTS[name] is not cls:
-            raise ValueError(f"environment {name!r} is already registered (by {_ENVIRONMENTS[name].__qualname__})")
         cls.name = name
-        _ENVIRONMENTS[name] = cls
-        return cls
+        return ENVIRONMENTS.register(name, cls)
 
     return register
 
 
 def environment_names() -> list[str]:
-    _import_builtins()
-    return sorted(_ENVIRONMENTS)
+    return ENVIRONMENTS.names()
 
 
 def environment_class(name: str) -> type[Environment]:
-    _import_builtins()
-    if name not in _ENVIRONMENTS:
-        raise ValueError(f"unknown environment {name!r}; known: {sorted(_ENVIRONMENTS)}")
-    return _ENVIRONMENTS[name]
+    """The environment a recipe names: registered, ``module:Class``, or a ``posttrain.environments`` entry point."""
+    try:
+        cls = ENVIRONMENTS.get(name)
+    except NotFound as error:
+        raise ValueError(str(error)) from None
+    if not (isinstance(cls, type) and issubclass(cls, Environment)):
+        raise ValueError(f"environment {name!r} names {qualname(cls)}, which is not an Environment subclass")
+    return cls
 
 
 def make_environment(name: str, setup: dict | None = None) -> Environment:
     return environment_class(name)(**(setup or {}))
-
-
-def _import_builtins() -> None:
-    from . import api_tasks, builtin_envs  # noqa: F401  (register the built-in environments)

@@ -15,7 +15,12 @@ import json
 import random
 from collections import Counter
 from collections.abc import Callable
+from typing import Literal
 
+from pydantic import Field, field_validator
+
+from posttrain.core.schema import Source
+from posttrain.core.tasks import Problem, Task, register_task
 from rewards import Sample
 from rollout.calls import calls_match
 from rollout.engine import EngineClient
@@ -24,7 +29,6 @@ from rollout.multiturn import MultiTurnConfig, multiturn_rollout
 
 from . import bfcl
 from .data import is_heldout
-from .task import Problem, Task, register_task
 
 # A small model imitates an example far more readily than it follows a description. The example calls
 # the first listed tool with placeholder values (never the task's own): an example naming a tool that is
@@ -35,6 +39,27 @@ SYSTEM_PROMPT = (
     "The result comes back in the next message. When you have what you need, reply with the final answer in plain text."
 )
 PLACEHOLDERS = {"integer": 1, "number": 1.5, "string": "text", "boolean": True, "array": [], "object": {}}
+
+
+class AgentEnvSource(Source):
+    kind: Literal["tool_env"] = Field(description="procedural tool-use tasks of an environment (agent domain)")
+    env: str = Field(description="an environment: calculator, kv_store, search, api_call, one registered with @environment, or 'module:Class'")
+    count: int = Field(2000, gt=0, description="tasks drawn (deduplicated; 10% held out by hash)")
+    max_turns: int = Field(4, gt=0, description="model turns per episode (the environment may allow fewer)")
+    forced_call_share: float = Field(
+        0.0, ge=0, le=1, description="share of each training group's episodes whose first turn is decoded as a "
+        "call of one of the tools (vLLM structured outputs); forced calls beside free answers in one group give "
+        "a base model that writes prose its first format signal. 0: the model decides. Held-out suites never force",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _registered(cls, env: str) -> str:
+        try:
+            environment_class(env)
+        except ValueError as error:
+            raise ValueError(str(error)) from None
+        return env
 
 
 def example_call(schema: dict) -> str:
@@ -95,7 +120,8 @@ def episode_envs(problems: list[Problem], specs: list) -> Callable[[int], Enviro
 
 @register_task("agent")
 class AgentTask(Task):
-    source_kinds = ("tool_env",)
+    sources = (AgentEnvSource,)
+    multi_turn = True
 
     def __init__(self, task_cfg, seed: int = 0):
         super().__init__(task_cfg, seed)

@@ -26,7 +26,7 @@ import types
 from functools import cache
 from pathlib import Path
 
-from .task import Problem
+from posttrain.core.tasks import Problem
 
 SUITES = {"bfcl_simple": "simple_python", "bfcl_multiple": "multiple"}
 CHECKER_MODEL_NAME = "posttrain"  # the model name BFCL's checker asks about (our stand-in config knows it)

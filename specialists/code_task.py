@@ -12,15 +12,25 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
 
+from pydantic import Field
+
+from posttrain.core.schema import Source
+from posttrain.core.tasks import Problem, Task, register_task, training_pools, weighted_draw
 from rewards.code import run_problem
 
 from . import data
 from .code_synth import synth_rows
-from .task import Problem, Task, register_task, training_pools, weighted_draw
 
 CODE_INSTRUCTION = "Reply with the complete Python function in a ```python code block."
 HUMANEVAL = "humaneval"
+
+
+class CodeSynthSource(Source):
+    kind: Literal["code_synth"] = Field(description="procedural Python function-writing problems with assert tests (specialists/code_synth.py)")
+    count: int = Field(5000, gt=0, description="distinct problems generated (fewer when the templates run out, ~4400; 10% held out by hash)")
+    families: list[Literal["number", "list", "string"]] | None = Field(None, description="template families to draw from; default: all")
 
 
 def source_name(source) -> str:
@@ -60,7 +70,7 @@ def humaneval_problems(limit: int | None = None) -> list[Problem]:
 
 @register_task("code")
 class CodeTask(Task):
-    source_kinds = ("code_synth",)
+    sources = (CodeSynthSource,)
 
     def __init__(self, task_cfg, seed: int = 0):
         super().__init__(task_cfg, seed)

@@ -109,7 +109,8 @@ class GrpoLoss:
     clip_high: float = 0.2
     kl_coef: float = 0.0
 
-    def __call__(self, logprobs_B_T, mask_B_T, extras):
+    def __call__(self, student, extras, installed=None):
+        logprobs_B_T, mask_B_T = student.logprobs(), student.mask_B_T
         width, device = logprobs_B_T.shape[1], logprobs_B_T.device
         advantages_B = torch.tensor(extras["advantages"], dtype=torch.float32, device=device)
         old = extras.get("old_logprobs")

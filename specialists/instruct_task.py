@@ -23,16 +23,37 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from typing import Literal
 
+from pydantic import Field, model_validator
+
+from posttrain.core.schema import Source
+from posttrain.core.tasks import Problem, Task, register_task, training_pools, weighted_draw
 from rewards.ifbench_lib import ensure_nltk_data, ifbench_modules, ifbench_test_path
 from rewards.instruct import check_constraints
 
 from . import data
-from .instruct_data import load_if_synth
-from .task import Problem, Task, register_task, training_pools, weighted_draw
+from .instruct_data import SPEC_IDS, load_if_synth
 
 log = logging.getLogger("posttrain.instruct")
 IFBENCH = "ifbench"
+
+
+class InstructSynthSource(Source):
+    kind: Literal["if_synth"] = Field(description="procedural instruction following: a writing task + verifiable constraints")
+    count: int = Field(20000, gt=0, description="prompts generated (deduplicated, IFBench test prompts dropped; 10% held out by hash)")
+    min_constraints: int = Field(1, ge=1, description="fewest constraints per prompt")
+    max_constraints: int = Field(3, ge=1, description="most constraints per prompt (fewer when the drawn ones conflict)")
+    constraints: list[str] | None = Field(None, description="constraint ids to draw from (specialists/instruct_data.py); default: all")
+
+    @model_validator(mode="after")
+    def _known_constraints(self) -> InstructSynthSource:
+        if self.min_constraints > self.max_constraints:
+            raise ValueError(f"min_constraints ({self.min_constraints}) exceeds max_constraints ({self.max_constraints})")
+        unknown = sorted(set(self.constraints or ()) - set(SPEC_IDS))
+        if unknown:
+            raise ValueError(f"constraints {unknown} are unknown; known: {SPEC_IDS}")
+        return self
 
 
 def load_ifbench_rows() -> list[dict]:
@@ -74,7 +95,7 @@ def _ifbench_problem(row) -> Problem:
 
 @register_task("instruct")
 class InstructTask(Task):
-    source_kinds = ("if_synth",)
+    sources = (InstructSynthSource,)
 
     def __init__(self, task_cfg, seed: int = 0):
         super().__init__(task_cfg, seed)

@@ -25,70 +25,70 @@ from dataclasses import dataclass
 import ray
 import torch
 
-from posttrain.chat import prompt_ids
-from posttrain.modes import (
-    assign_modes,
-    eval_mode_names,
-    sampling_spec,
-    sweep_mode,
-    sweep_mode_name,
-)
-from posttrain.policy import Sequences, trainer_actor
-from posttrain.recipe import Recipe
-from posttrain.resume import eval_once, final_checkpoint, resume_point, run_steps
-from posttrain.rundir import RunDir
-from posttrain.timing import PhaseTimer
+from posttrain.core.chat import prompt_ids
+from posttrain.core.driver import Actors, phase_line, run_loop, start_actors
+from posttrain.core.evaluation import budget_sweep, evaluate_suites
+from posttrain.core.modes import assign_modes, eval_mode_names, sampling_spec, sweep_mode_name
+from posttrain.core.plots import plot_budget_sweeps
+from posttrain.core.policy import Sequences
+from posttrain.core.rundir import RunDir
+from posttrain.core.schema import Recipe
+from posttrain.core.tasks import Task, make_task
+from posttrain.core.timing import PhaseTimer
 from rewards import score_batch
-from rollout.engine import EngineConfig, engine_actor
 
-from .eval import budget_sweep, evaluate_suites, plot_budget_sweeps
 from .grpo import GrpoLoss, LossNormalizer, group_advantages
 from .shaping import length_penalties_B, mode_metrics
-from .task import Task, make_task
 
 log = logging.getLogger("posttrain.grpo")
 
 
+def train_specialist(recipe: Recipe, model_path: str, run: RunDir) -> dict:
+    """Run GRPO per ``recipe``; returns ``{"before": eval, "after": eval, "checkpoint": path}``."""
+    task = make_task(recipe.task, seed=recipe.run.seed)
+    actors = start_actors(recipe, model_path)
+    return run_loop(GrpoLoop(recipe, actors, task, run), recipe, run, actors, model_path)
+
+
 @dataclass
-class Actors:
-    engine: ray.actor.ActorHandle
-    trainer: ray.actor.ActorHandle
-    tokenizer: object
+class GrpoLoop:
+    """What GRPO brings to the shared driver (``posttrain.core.driver.run_loop``): its step and its eval."""
+
+    recipe: Recipe
+    actors: Actors
+    task: Task
+    run: RunDir
+    name = "GRPO"
+
+    @property
+    def steps(self) -> int:
+        return self.recipe.grpo.steps
+
+    @property
+    def checkpoint_every(self) -> int:
+        return self.recipe.grpo.checkpoint_every
+
+    def step(self, step: int) -> dict[str, float]:
+        return grpo_step(self.recipe, self.actors, self.task, self.run, step)
+
+    def step_line(self, step: int, m: dict[str, float]) -> str:
+        return (
+            f"step {step}: reward {m['reward/mean']:.3f}±{m['reward/std']:.3f} len {m['response/length_mean']:.0f} "
+            f"trunc {m['response/truncated_share']:.0%} loss {m['loss/policy']:.4f} | {phase_line(m)} | "
+            f"peak {m['memory/trainer_peak_gib']:.1f} GiB"
+        )
+
+    def evaluate(self, tag: str, before: dict | None = None) -> dict:
+        return specialist_eval(self.recipe, self.actors, self.task, self.run, tag)
 
 
-def start_actors(recipe: Recipe, model_path: str) -> Actors:
-    from transformers import AutoTokenizer
-
-    engine_cfg = EngineConfig(
-        model=model_path,
-        dtype=recipe.model.engine_dtype,
-        max_model_len=recipe.model.max_model_len,
-        seed=recipe.run.seed,
-        kv_cache_gib=recipe.engine.kv_cache_gib,
-        gpu_memory_utilization=recipe.engine.gpu_memory_utilization,
-        tensor_parallel_size=recipe.engine.tensor_parallel_size,
-    )
-    engine = engine_actor(engine_cfg, num_cpus=recipe.engine.num_cpus, num_gpus=recipe.engine.num_gpus)
-    trainer = trainer_actor(model_path, recipe.trainer, seed=recipe.run.seed)
-    ray.get([engine.ready.remote(), trainer.peak_memory_gib.remote()])
-    return Actors(engine, trainer, AutoTokenizer.from_pretrained(model_path))
-
-
-def run_eval(recipe: Recipe, actors: Actors, task: Task, run: RunDir, tag: str) -> dict:
+def specialist_eval(recipe: Recipe, actors: Actors, task: Task, run: RunDir, tag: str) -> dict:
+    """The task's held-out suites in every eval mode (and the budget sweep), saved under ``tag``."""
     suites = task.heldout_suites(recipe.eval.suites, recipe.eval.num_problems)
-    modes = {name: _eval_mode(recipe, name) for name in eval_mode_names(recipe)}
+    modes = {name: eval_mode(recipe, name) for name in eval_mode_names(recipe)}
     outputs: list[dict] = []
-    report = evaluate_suites(
-        actors.engine,
-        actors.tokenizer,
-        task,
-        suites,
-        modes,
-        recipe.thinking_tags,
-        pass_k=recipe.eval.pass_k,
-        temperature=recipe.eval.temperature,
-        outputs=outputs,
-    )
+    report = evaluate_suites(actors.engine, actors.tokenizer, task, suites, modes, recipe.thinking_tags,
+                             pass_k=recipe.eval.pass_k, temperature=recipe.eval.temperature, outputs=outputs)
     run.save_eval(tag, report)
     run.save_eval_outputs(tag, outputs)
     for name, suite in report.items():
@@ -100,39 +100,19 @@ def run_eval(recipe: Recipe, actors: Actors, task: Task, run: RunDir, tag: str) 
         )
     if recipe.eval.budget_sweep:
         name = sweep_mode_name(recipe)
-        modes = {budget: sweep_mode(recipe.modes[name], budget) for budget in recipe.eval.budget_sweep}
-        sweep = budget_sweep(actors.engine, actors.tokenizer, task, suites, modes, recipe.thinking_tags)
+        sweep = budget_sweep(actors.engine, actors.tokenizer, [(task, suites)], recipe.modes[name],
+                             recipe.eval.budget_sweep, recipe.thinking_tags)
         run.save_eval(f"{tag}_budget_sweep", {"mode": name, **sweep})
         plot_budget_sweeps(sorted((run.path / "eval").glob("*_budget_sweep.json")), run.path / "eval" / "budget_sweep.png")
     return report
 
 
-def _eval_mode(recipe: Recipe, name: str):
+def eval_mode(recipe: Recipe, name: str):
     """``eval.max_tokens`` overrides the allowance of non-thinking modes (the pre-modes behaviour)."""
     mode = recipe.modes[name]
     if recipe.eval.max_tokens and not mode.thinking:
         return mode.model_copy(update={"max_tokens": recipe.eval.max_tokens})
     return mode
-
-
-def train_specialist(recipe: Recipe, model_path: str, run: RunDir) -> dict:
-    """Run GRPO per ``recipe``; returns ``{"before": eval, "after": eval, "checkpoint": path}``."""
-    task = make_task(recipe.task, seed=recipe.run.seed)
-    actors = start_actors(recipe, model_path)
-    cfg, results = recipe.grpo, {}
-    start = resume_point(run, actors.trainer, actors.engine, recipe.model.engine_dtype, recipe.run.resume)
-    if recipe.eval.before:
-        results["before"] = eval_once(run, "before", start > 0, lambda: run_eval(recipe, actors, task, run, "before"))
-    save = lambda step: ray.get(actors.trainer.save.remote(str(run.checkpoint_dir(step)), model_path))  # noqa: E731
-    step_fn = lambda step: grpo_step(recipe, actors, task, run, step)  # noqa: E731
-    run_steps("GRPO", run, start, cfg.steps, step_fn, _step_line, cfg.checkpoint_every, save)
-    results["checkpoint"] = final_checkpoint(run, cfg.steps, save)
-    if recipe.eval.after:
-        evaluate = lambda: run_eval(recipe, actors, task, run, "after")  # noqa: E731
-        results["after"] = eval_once(run, "after", start == cfg.steps, evaluate)
-    for actor in (actors.engine, actors.trainer):
-        ray.kill(actor)
-    return results
 
 
 def grpo_step(recipe: Recipe, actors: Actors, task: Task, run: RunDir, step: int) -> dict[str, float]:
@@ -171,7 +151,7 @@ def grpo_step(recipe: Recipe, actors: Actors, task: Task, run: RunDir, step: int
         max_tokens = max(recipe.modes[name].max_tokens for name in recipe.task.modes)
         update = _update(actors, cfg, seqs, extras, max_tokens)
     with timer.phase("weight_sync"):
-        ray.get(actors.engine.update_weights.remote(actors.trainer.engine_weights.remote(recipe.model.engine_dtype)))
+        actors.sync_weights(recipe.model.engine_dtype)
     sample_modes = [mode_names[c.prompt_index] for c in completions]
     run.log_samples(step, _sample_rows(samples, scores_B + penalties_B, completions, sample_modes, cfg))
     metrics = _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg)
@@ -243,12 +223,3 @@ def _sample_rows(samples, rewards_B, completions, mode_names, cfg) -> list[dict]
         }
         for i in picked
     ]
-
-
-def _step_line(step: int, m: dict[str, float]) -> str:
-    phases = " ".join(f"{k[5:]}={v:.1f}s" for k, v in m.items() if k.startswith("time/"))
-    return (
-        f"step {step}: reward {m['reward/mean']:.3f}±{m['reward/std']:.3f} len {m['response/length_mean']:.0f} "
-        f"trunc {m['response/truncated_share']:.0%} loss {m['loss/policy']:.4f} | {phases} | "
-        f"peak {m['memory/trainer_peak_gib']:.1f} GiB"
-    )

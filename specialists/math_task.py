@@ -8,13 +8,38 @@ are named after their source (``gsm8k``, ``arithmetic(max=15,ops=+-,terms=2)``).
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from typing import Literal
 
 from datasets import Dataset
+from pydantic import Field, field_validator
 
+from posttrain.core.schema import Source
+from posttrain.core.tasks import Problem, Task, register_task, training_pools, weighted_draw
 from rewards.math import math_verify
 
 from . import data
-from .task import Problem, Task, register_task, training_pools, weighted_draw
+
+
+class Gsm8kSource(Source):
+    kind: Literal["gsm8k"] = Field(description="GSM8K word problems")
+    path: str = Field("../shared/data/gsm8k/train.jsonl", description="jsonl file or hub id (openai/gsm8k)")
+
+    @field_validator("path")
+    @classmethod
+    def _exists_or_hub_id(cls, path: str) -> str:
+        looks_local = path.startswith((".", "/", "~")) or path.endswith((".jsonl", ".json"))
+        if looks_local and not Path(path).expanduser().exists():
+            raise ValueError(f"file {path!r} does not exist (relative paths are from the working directory)")
+        return path
+
+
+class ArithmeticSource(Source):
+    kind: Literal["arithmetic"] = Field(description="procedural arithmetic (What is 7 + 5?)")
+    count: int = Field(20000, gt=0, description="problems generated (deduplicated; 10% held out by hash)")
+    max_operand: int = Field(20, gt=0, description="operands drawn from 0..max_operand")
+    ops: str = Field("+-", pattern=r"^[+\-*]+$", description="operators to draw from")
+    terms: int = Field(2, ge=2, description="operands per expression")
 
 
 def load_source(source, seed: int) -> Dataset:
@@ -37,7 +62,7 @@ def _problem(row) -> Problem:
 
 @register_task("math")
 class MathTask(Task):
-    source_kinds = ("gsm8k", "arithmetic")
+    sources = (Gsm8kSource, ArithmeticSource,)
 
     def __init__(self, task_cfg, seed: int = 0):
         super().__init__(task_cfg, seed)

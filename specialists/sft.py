@@ -11,15 +11,15 @@ from dataclasses import dataclass
 
 import torch
 
-from posttrain.policy import Sequences
+from posttrain.core.policy import Sequences
 
 
 @dataclass
 class SftLoss:
     num_tokens: int  # completion tokens in the whole batch
 
-    def __call__(self, logprobs_B_T: torch.Tensor, mask_B_T: torch.Tensor, extras: dict) -> tuple[torch.Tensor, dict]:
-        nll = -(logprobs_B_T * mask_B_T).sum()
+    def __call__(self, student, extras: dict, installed=None) -> tuple[torch.Tensor, dict]:
+        nll = -(student.logprobs() * student.mask_B_T).sum()
         return nll / self.num_tokens, {"nll_sum": float(nll.detach())}
 
 

@@ -13,14 +13,14 @@ GSM8K = SHARED / "data" / "gsm8k" / "train.jsonl"
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> str:
-    from posttrain.models import TINY_RANDOM, resolve_model
+    from posttrain.core.models import TINY_RANDOM, resolve_model
 
     return resolve_model(TINY_RANDOM)
 
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
-    from posttrain.models import EMBEDDED_DEFAULT, resolve_model
+    from posttrain.core.models import EMBEDDED_DEFAULT, resolve_model
 
     return resolve_model(EMBEDDED_DEFAULT)
 

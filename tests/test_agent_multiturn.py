@@ -2,7 +2,7 @@
 
 import pytest
 
-from posttrain.chat import prompt_ids
+from posttrain.core.chat import prompt_ids
 from rollout.engine import Completion, GenerateResult, SamplingSpec
 from rollout.environments import make_environment
 from rollout.multiturn import MultiTurnConfig, multiturn_rollout
@@ -132,7 +132,7 @@ def test_group_samples_get_their_own_environment(tokenizer):
 
 
 def test_thinking_modes_are_budget_forced_per_turn_and_reopen_thinking(tokenizer):
-    from posttrain.recipe import EffortMode
+    from posttrain.core.schema import EffortMode
 
     mode = EffortMode(thinking=True, thinking_budget=40, max_tokens=120)
     scripts = {0: ['</think>{"name": "add", "arguments": {"a": 40, "b": 2}}', "</think>42"]}

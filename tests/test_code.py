@@ -8,13 +8,14 @@ import types
 
 import pytest
 
-from posttrain.recipe import TaskConfig, load_recipe
+from posttrain.recipe import load_recipe
+from posttrain.core.schema import TaskConfig
 from rewards import resolve_reward
 from rewards.code import extract_code, humaneval_solution, run_problem
 from specialists import code_synth
 from specialists.code_task import CodeTask, humaneval_problems, split
 from specialists.data import is_heldout
-from specialists.task import make_task
+from posttrain.core.tasks import make_task
 
 TESTS = ["assert add_7(1) == 8", "assert add_7(-7) == 0", "assert add_7(10) == 17"]
 GOOD = "def add_7(x):\n    return x + 7\n"

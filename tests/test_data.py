@@ -1,6 +1,7 @@
 """Prompt sources: held-out suites never overlap training."""
 
-from posttrain.recipe import ArithmeticSource, Gsm8kSource, TaskConfig
+from posttrain.core.schema import TaskConfig
+from specialists.math_task import ArithmeticSource, Gsm8kSource
 from specialists.data import is_heldout, load_arithmetic
 from specialists.math_task import MathTask, heldout_problems
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.demo import make_teacher
+from posttrain.demo import make_teacher
 from distill.objective import DistillLoss
-from distill.opd import Router
+from distill.routing import Router
 from distill.teachers import TeacherPool, check_teachers, resolve_teacher
-from posttrain.policy import PolicyTrainer, Sequences
-from posttrain.recipe import Recipe, TeacherConfig, TrainerConfig
+from posttrain.core.policy import PolicyTrainer, Sequences
+from posttrain.core.schema import Recipe, TeacherConfig, TrainerConfig
 
 ARITHMETIC = {"kind": "arithmetic", "max_operand": 9, "count": 200}
 
@@ -96,7 +96,7 @@ def test_router_rollout_gives_single_turn_prompts_the_base_rollout_whatever_task
     from transformers import AutoTokenizer
 
     from rollout.engine import Completion, GenerateResult
-    from specialists.task import Task
+    from posttrain.core.tasks import Task
 
     calls = []
 
@@ -110,7 +110,7 @@ def test_router_rollout_gives_single_turn_prompts_the_base_rollout_whatever_task
     monkeypatch.setattr(Task, "rollout", rollout_of("base"))
     router = Router(tiny_recipe(teacher_dirs), [resolve_teacher(t) for t in tiny_recipe(teacher_dirs).distill.teachers],
                     AutoTokenizer.from_pretrained(tiny_model_path))
-    multi_turn = type("MultiTurn", (type(router.tasks["sub"]),), {"rollout": rollout_of("multi")})
+    multi_turn = type("MultiTurn", (type(router.tasks["sub"]),), {"rollout": rollout_of("multi"), "multi_turn": True})
     first = multi_turn.__new__(multi_turn)
     first.__dict__.update(vars(router.tasks["sub"]))
     router.tasks = {"sub": first, "add": router.tasks["add"]}  # the multi-turn task first
@@ -143,10 +143,9 @@ def test_trainer_loss_equals_the_kl_of_whole_models(teacher_dirs, tiny_model_pat
     teachers = [resolve_teacher(TeacherConfig(**spec)) for spec in teacher_dirs]
     pool = TeacherPool(teachers, micro_batch_size=3, threads=1)
     trainer = PolicyTrainer(tiny_model_path, TrainerConfig(micro_batch_size=4, autocast="none"), threads=1)
-    head_index, heads = pool.heads()
-    trainer.set_frozen("teacher_heads", heads)
-    trainer.set_frozen("teacher_head_index", head_index)
-    assert head_index == [0, 1]  # the adapter keeps its base's head; the full model has its own
+    heads = pool.heads()
+    trainer.install(heads)
+    assert heads.index == [0, 1]  # the adapter keeps its base's head; the full model has its own
     seqs = _random_seqs(7)
     routing = [[(row % 2, 1.0)] for row in range(len(seqs))]
     num_tokens = sum(map(len, seqs.completion_ids))
@@ -170,9 +169,7 @@ def test_several_teachers_per_prompt_sum_with_their_weights(teacher_dirs, tiny_m
     teachers = [resolve_teacher(TeacherConfig(**spec)) for spec in teacher_dirs]
     pool = TeacherPool(teachers, micro_batch_size=4, threads=1)
     trainer = PolicyTrainer(tiny_model_path, TrainerConfig(micro_batch_size=3), threads=1)
-    head_index, heads = pool.heads()
-    trainer.set_frozen("teacher_heads", heads)
-    trainer.set_frozen("teacher_head_index", head_index)
+    trainer.install(pool.heads())
     seqs = _random_seqs(5, seed=1)
     num_tokens = sum(map(len, seqs.completion_ids))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.checkpoints import adapter_base, engine_model_dir, merge_adapter
+from posttrain.core.checkpoints import adapter_base, engine_model_dir, merge_adapter
 from posttrain.evaluate import (
     add_arguments,
     find_checkpoint,
@@ -16,8 +16,8 @@ from posttrain.evaluate import (
     suite_task_configs,
 )
 from posttrain.recipe import RecipeError
-from specialists.math_task import MathTask
-from specialists.task import Task, register_task
+from specialists.math_task import ArithmeticSource, MathTask
+from posttrain.core.tasks import Task, register_task
 
 from .conftest import require_gsm8k
 
@@ -51,13 +51,13 @@ def test_an_unknown_suite_names_the_domains_asked():
 
 
 def test_a_registered_domain_plugs_in_through_suite_config(monkeypatch):
-    import specialists.task
+    import posttrain.core.tasks
 
-    monkeypatch.setattr(specialists.task, "_TASKS", dict(specialists.task._TASKS))  # the test's domain goes after
+    monkeypatch.setattr(posttrain.core.tasks.TASKS, "_items", dict(posttrain.core.tasks.TASKS._items))  # the test's domain goes after
 
     @register_task("unit_quiz")
     class QuizTask(Task):
-        source_kinds = ("arithmetic",)
+        sources = (ArithmeticSource,)
 
         @classmethod
         def suite_config(cls, suite):
@@ -104,8 +104,8 @@ def test_lora_checkpoint_merges_into_a_full_model_the_same_as_the_trainer_pushes
     import torch
     from safetensors.torch import load_file
 
-    from posttrain.policy import PolicyTrainer, engine_state_dict
-    from posttrain.recipe import LoraConfig, TrainerConfig
+    from posttrain.core.policy import PolicyTrainer, engine_state_dict
+    from posttrain.core.schema import LoraConfig, TrainerConfig
 
     trainer = PolicyTrainer(tiny_model_path, TrainerConfig(lora=LoraConfig(r=4, alpha=8), autocast="none"))
     with torch.no_grad():  # a nonzero adapter (peft starts B at zero)

@@ -1,6 +1,7 @@
 """GRPO math on hand-computed examples."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -76,9 +77,14 @@ def test_micro_batches_sum_to_full_batch_loss():
     extras = {"advantages": [1.0, -1.0, 0.5, 2.0]}
     norm = LossNormalizer("token_mean", int(mask_B_T.sum()), 4, 5)
     loss_fn = GrpoLoss(norm)
-    full, _ = loss_fn(logprobs_B_T, mask_B_T, extras)
+    full, _ = loss_fn(_student(logprobs_B_T, mask_B_T), extras, None)
     halves = [
-        loss_fn(logprobs_B_T[i : i + 2], mask_B_T[i : i + 2], {"advantages": extras["advantages"][i : i + 2]})[0]
+        loss_fn(_student(logprobs_B_T[i : i + 2], mask_B_T[i : i + 2]), {"advantages": extras["advantages"][i : i + 2]}, None)[0]
         for i in (0, 2)
     ]
     assert (halves[0] + halves[1]).item() == pytest.approx(full.item())
+
+
+def _student(logprobs_B_T, mask_B_T):
+    """What the trainer hands a loss (``posttrain.core.policy.Student``), from given log-probs."""
+    return SimpleNamespace(logprobs=lambda: logprobs_B_T * mask_B_T, mask_B_T=mask_B_T)

@@ -10,7 +10,7 @@ from rewards.instruct import CHECKERS, check_constraints, count_sentences, follo
 from specialists import data
 from specialists.instruct_data import CONSTRAINT_SPECS, load_if_synth
 from specialists.instruct_task import IFBENCH, ifbench_prompts, load_ifbench_rows, score_ifbench
-from specialists.task import Problem
+from posttrain.core.tasks import Problem
 
 # (id, kwargs, a response that follows it, one that does not)
 CASES = [
@@ -143,8 +143,8 @@ def test_ifbench_scorer_strict_loose_and_instruction_level():
 
 
 def test_instruct_task_suites_and_scores():
-    from posttrain.recipe import TaskConfig
-    from specialists.task import make_task
+    from posttrain.core.schema import TaskConfig
+    from posttrain.core.tasks import make_task
 
     cfg = TaskConfig(domain="instruct", sources=[{"kind": "if_synth", "count": 500}],
                      rewards=[{"name": "if_constraints"}], instruction="")

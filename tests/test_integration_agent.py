@@ -5,7 +5,7 @@ import json
 import pytest
 import ray
 
-from posttrain.chat import prompt_ids
+from posttrain.core.chat import prompt_ids
 from rollout.builtin_envs import Calculator
 from rollout.engine import EngineClient, EngineConfig, SamplingSpec, engine_actor
 from rollout.environments import make_environment

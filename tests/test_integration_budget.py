@@ -5,9 +5,9 @@ import ray
 import torch
 from transformers import AutoTokenizer
 
-from posttrain.chat import prompt_ids
-from posttrain.policy import PolicyTrainer, Sequences
-from posttrain.recipe import EffortMode, ThinkingTags, TrainerConfig
+from posttrain.core.chat import prompt_ids
+from posttrain.core.policy import PolicyTrainer, Sequences
+from posttrain.core.schema import EffortMode, ThinkingTags, TrainerConfig
 from rollout.engine import EngineConfig, SamplingSpec, engine_actor
 
 pytestmark = pytest.mark.integration

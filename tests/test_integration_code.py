@@ -4,10 +4,10 @@ problems, the task's scorer runs every answer in the sandbox, the eval reports p
 import pytest
 import ray
 
-from posttrain.recipe import EffortMode, TaskConfig, ThinkingTags
+from posttrain.core.schema import EffortMode, TaskConfig, ThinkingTags
 from rollout.engine import EngineConfig, engine_actor
-from specialists.eval import evaluate_suites
-from specialists.task import make_task
+from posttrain.core.evaluation import evaluate_suites
+from posttrain.core.tasks import make_task
 
 pytestmark = pytest.mark.integration
 

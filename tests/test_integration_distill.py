@@ -6,9 +6,9 @@ import json
 import pytest
 import yaml
 
-from distill.demo import make_teacher
+from posttrain.demo import make_teacher
 from posttrain.cli import main
-from posttrain.recipe import Recipe
+from posttrain.core.schema import Recipe
 
 pytestmark = pytest.mark.integration
 ARITHMETIC = {"kind": "arithmetic", "max_operand": 9, "count": 200}

@@ -4,9 +4,9 @@ import pytest
 import ray
 import torch
 
-from posttrain.chat import prompt_ids
-from posttrain.policy import Sequences, trainer_actor
-from posttrain.recipe import TrainerConfig
+from posttrain.core.chat import prompt_ids
+from posttrain.core.policy import Sequences, trainer_actor
+from posttrain.core.schema import TrainerConfig
 from rollout.engine import EngineConfig, SamplingSpec, engine_actor
 from specialists.grpo import GrpoLoss, LossNormalizer
 

@@ -14,8 +14,8 @@ SMALL = ["--set", "engine.kv_cache_gib=0.25", "model.max_model_len=256", "model.
 
 
 def test_eval_a_lora_checkpoint_then_report_it(tmp_path, ray_local, tiny_model_path):
-    from posttrain.policy import PolicyTrainer
-    from posttrain.recipe import LoraConfig, TrainerConfig
+    from posttrain.core.policy import PolicyTrainer
+    from posttrain.core.schema import LoraConfig, TrainerConfig
 
     trainer = PolicyTrainer(tiny_model_path, TrainerConfig(lora=LoraConfig(r=4, alpha=8), autocast="none"))
     with torch.no_grad():

@@ -3,11 +3,11 @@
 import pytest
 import ray
 
-from posttrain.recipe import EffortMode, TaskConfig, ThinkingTags
+from posttrain.core.schema import EffortMode, TaskConfig, ThinkingTags
 from rollout.engine import EngineConfig, engine_actor
-from specialists.eval import evaluate_suites
+from posttrain.core.evaluation import evaluate_suites
 from specialists.instruct_task import IFBENCH
-from specialists.task import make_task
+from posttrain.core.tasks import make_task
 
 pytestmark = pytest.mark.integration
 

@@ -66,7 +66,7 @@ def test_a_dead_trainer_actor_ends_the_run_with_a_clear_error_and_intact_checkpo
     import torch
     from safetensors.torch import load_file
 
-    from posttrain.rundir import RunDir
+    from posttrain.core.rundir import RunDir
 
     run = tmp_path / "crash"
     stderr_path = tmp_path / "driver.err"

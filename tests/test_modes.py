@@ -6,9 +6,10 @@ import pytest
 import yaml
 from transformers import AutoTokenizer
 
-from posttrain.chat import prompt_ids
-from posttrain.modes import DEFAULT_MODE, assign_modes, sampling_spec, sweep_mode
-from posttrain.recipe import EffortMode, RecipeError, ThinkingTags, load_recipe
+from posttrain.core.chat import prompt_ids
+from posttrain.core.modes import DEFAULT_MODE, assign_modes, sampling_spec, sweep_mode
+from posttrain.recipe import RecipeError, load_recipe
+from posttrain.core.schema import EffortMode, ThinkingTags
 
 MINIMAL = {"model": {"path": "tiny-random"}, "task": {"sources": [{"kind": "arithmetic"}]}}
 MODES = {

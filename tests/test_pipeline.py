@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from posttrain.pipeline import distill_recipe, specialist_recipes, teacher_entries
+from posttrain.recipe import distill_recipe, specialist_recipes, teacher_entries
 from posttrain.recipe import RecipeError, load_recipe
 from posttrain.stages import StageFailed, StageLedger
 

@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from posttrain.policy import PolicyTrainer, Sequences
-from posttrain.recipe import LoraConfig, TrainerConfig
+from posttrain.core.policy import PolicyTrainer, Sequences
+from posttrain.core.schema import LoraConfig, TrainerConfig
 from specialists.grpo import GrpoLoss, LossNormalizer
 
 SEQS = Sequences(
@@ -87,7 +87,7 @@ def test_lora_under_bf16_keeps_a_bf16_frozen_base_and_trains_fp32_adapters(tiny_
 
 @pytest.mark.parametrize("chunk_tokens", [1, 5, 7])
 def test_chunked_logprobs_equal_the_whole_batch_in_value_and_gradient(chunk_tokens):
-    from posttrain.policy import chunked_target_logprobs
+    from posttrain.core.policy import chunked_target_logprobs
 
     torch.manual_seed(0)
     hidden = torch.randn(3, 4, 8, dtype=torch.float64, requires_grad=True)

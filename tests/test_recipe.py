@@ -62,7 +62,7 @@ def test_missing_required_section(tmp_path):
 def test_missing_data_file(tmp_path):
     data = {**MINIMAL, "task": {"sources": [{"kind": "gsm8k", "path": "./no/such.jsonl"}]}}
     message = _error(tmp_path, data)
-    assert "task.sources.0.gsm8k.path" in message and "does not exist" in message
+    assert "task.sources.0.path" in message and "does not exist" in message
 
 
 def test_unresolvable_reward(tmp_path):

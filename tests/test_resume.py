@@ -4,9 +4,9 @@ import json
 
 import torch
 
-from posttrain.policy import PolicyTrainer, Sequences
-from posttrain.recipe import LoraConfig, TrainerConfig
-from posttrain.rundir import RunDir
+from posttrain.core.policy import PolicyTrainer, Sequences
+from posttrain.core.schema import LoraConfig, TrainerConfig
+from posttrain.core.rundir import RunDir
 from specialists.sft import SftLoss
 
 

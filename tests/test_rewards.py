@@ -106,7 +106,7 @@ def test_a_reward_returning_garbage_is_a_failure_and_components_are_kept():
 
 
 def test_recipe_reward_specs_carry_their_timeout():
-    from posttrain.recipe import RewardSpec
+    from posttrain.core.schema import RewardSpec
 
     assert as_weighted([RewardSpec(name="math_verify", timeout_s=2)]) == [WeightedReward("math_verify", 1.0, 2)]
 

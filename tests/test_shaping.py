@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from posttrain.recipe import EffortMode
+from posttrain.core.schema import EffortMode
 from rollout.engine import Completion
 from specialists.shaping import length_penalties_B, mode_metrics, overlong_penalty_B, target_length_penalty_B
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from posttrain.recipe import RecipeError, validate_recipe
-from posttrain.rundir import RunDir
+from posttrain.core.rundir import RunDir
 
 TASK = {"domain": "math", "sources": [{"kind": "arithmetic"}]}
 

@@ -13,45 +13,47 @@ import logging
 from pathlib import Path
 
 import ray
+from transformers import AutoTokenizer
 
-from posttrain.checkpoints import engine_model_dir
-from rollout.engine import EngineConfig, engine_actor
-
-from .eval import evaluate_suites
-from .task import make_task
+from .core.checkpoints import engine_model_dir
+from .core.driver import start_engine
+from .core.evaluation import cells_for, report_of, score_cells
+from .core.tasks import make_task
 
 log = logging.getLogger("posttrain.pipeline")
 
 
 def evaluate_student(recipe, specialists: dict, checkpoint: str, out_dir: Path) -> dict:
-    """``{"table": [{domain, suite, mode, base, specialist, student}], "reports": {domain: path}}``."""
-    from transformers import AutoTokenizer
+    """``{"table": [{domain, suite, mode, base, specialist, student}], "reports": {domain: path}}``.
 
+    Every domain's suites in every teacher mode go through one batched eval on one engine.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    table, reports = [], {}
+    cells = {name: _domain_cells(recipe, specialist) for name, specialist in specialists.items()}
     with engine_model_dir(checkpoint) as model_dir:
-        engine_cfg = _engine_config(recipe, model_dir)
-        engine = engine_actor(engine_cfg, num_cpus=recipe.engine.num_cpus, num_gpus=recipe.engine.num_gpus)
+        engine = start_engine(recipe, model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        ray.get(engine.ready.remote())
-    try:
-        for name, specialist in specialists.items():
-            report = _evaluate_domain(recipe, specialist, engine, tokenizer)
-            reports[name] = str(out_dir / f"{name}.json")
-            Path(reports[name]).write_text(json.dumps(report, indent=2))
-            table += _rows(name, report, Path(specialist.run.output_dir) / specialist.run.name / "eval")
-    finally:
-        ray.kill(engine)
+        try:
+            flat = [cell for domain_cells in cells.values() for cell in domain_cells]
+            results = iter(score_cells(engine, tokenizer, flat, recipe.thinking_tags))
+        finally:
+            ray.kill(engine)
+    table, reports = [], {}
+    for name, specialist in specialists.items():
+        report = report_of([next(results) for _ in cells[name]])
+        reports[name] = str(out_dir / f"{name}.json")
+        Path(reports[name]).write_text(json.dumps(report, indent=2))
+        table += _rows(name, report, Path(specialist.run.output_dir) / specialist.run.name / "eval")
     (out_dir / "table.json").write_text(json.dumps(table, indent=2))
     return {"table": table, "reports": reports}
 
 
-def _evaluate_domain(recipe, specialist, engine, tokenizer) -> dict:
+def _domain_cells(recipe, specialist) -> list:
+    """The specialist's held-out suites, in each mode it taught, for the student."""
     task = make_task(specialist.task, seed=recipe.run.seed)
     suites = task.heldout_suites(_suite_names(recipe, specialist, task), specialist.eval.num_problems)
     names = recipe.pipeline.teacher_modes or list(specialist.task.modes)
-    modes = {name: recipe.modes[name] for name in names}
-    return evaluate_suites(engine, tokenizer, task, suites, modes, recipe.thinking_tags, pass_k=1, temperature=1.0)
+    return cells_for(task, suites, {name: recipe.modes[name] for name in names})
 
 
 def _suite_names(recipe, specialist, task) -> list[str] | None:
@@ -84,11 +86,3 @@ def _rows(domain: str, report: dict, specialist_eval: Path) -> list[dict]:
 def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
-
-def _engine_config(recipe, model_dir: str) -> EngineConfig:
-    return EngineConfig(
-        model=model_dir, dtype=recipe.model.engine_dtype, max_model_len=recipe.model.max_model_len,
-        seed=recipe.run.seed, kv_cache_gib=recipe.engine.kv_cache_gib,
-        gpu_memory_utilization=recipe.engine.gpu_memory_utilization,
-        tensor_parallel_size=recipe.engine.tensor_parallel_size,
-    )

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from .trackers import make_sinks
+
 
 class RunDir:
     def __init__(self, root: str | Path, name: str):
@@ -94,8 +96,6 @@ class RunDir:
 
     def _metric_sinks(self) -> list:
         if self._sinks is None:
-            from .trackers import make_sinks
-
             self._sinks = make_sinks(self.path, self._run_cfg, self._recipe_dump, self._purge_step)
         return self._sinks
 

@@ -20,18 +20,33 @@ import json
 import uuid
 from pathlib import Path
 
-TRACKERS = ("tensorboard", "wandb", "mlflow")
+from posttrain.plugins import NotFound, Registry
+
+# A tracker is a factory ``(path, run_cfg, recipe_dump, purge_step) -> sink`` with ``log(step, metrics)``
+# and ``close()``; ``@tracker("name")`` registers one, ``module:factory`` names one without registering.
+TRACKERS: Registry = Registry("tracker", entry_point_group="posttrain.trackers")
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 _INSTALL = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow-skinny (or mlflow)"}
 
 
-def missing_tracker_packages(trackers: list[str]) -> list[str]:
-    """One message per named tracker whose package is not importable (checked without importing it)."""
-    return [
-        f"run.trackers.{index}: {name!r} needs the {_PACKAGES[name]!r} package (pip install {_INSTALL[name]})"
-        for index, name in enumerate(trackers)
-        if importlib.util.find_spec(_PACKAGES[name]) is None
-    ]
+def tracker(name: str):
+    return TRACKERS.decorator(name)
+
+
+def check_trackers(trackers: list[str]) -> list[str]:
+    """One message per named tracker that does not resolve or whose package is not importable
+    (built-ins are checked without importing their package)."""
+    problems = []
+    for index, name in enumerate(trackers):
+        try:
+            TRACKERS.get(name)
+        except NotFound as error:
+            problems.append(f"run.trackers.{index}: {error}")
+            continue
+        package = _PACKAGES.get(name)
+        if package and importlib.util.find_spec(package) is None:
+            problems.append(f"run.trackers.{index}: {name!r} needs the {package!r} package (pip install {_INSTALL[name]})")
+    return problems
 
 
 class TensorBoardSink:
@@ -125,20 +140,25 @@ def _mlflow_key(key: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-. :/" else "_" for ch in key)
 
 
+@tracker("tensorboard")
+def _tensorboard(path: Path, run_cfg, recipe_dump: dict | None, purge_step: int | None):
+    return TensorBoardSink(path, purge_step)
+
+
+@tracker("wandb")
+def _wandb(path: Path, run_cfg, recipe_dump: dict | None, purge_step: int | None):
+    return WandbSink(path, run_cfg.name, run_cfg.wandb, recipe_dump)
+
+
+@tracker("mlflow")
+def _mlflow(path: Path, run_cfg, recipe_dump: dict | None, purge_step: int | None):
+    return MlflowSink(path, run_cfg.name, run_cfg.mlflow, _flat(recipe_dump or {}))
+
+
 def make_sinks(path: Path, run_cfg, recipe_dump: dict | None = None, purge_step: int | None = None) -> list:
     """The sinks ``run_cfg.trackers`` names (``run_cfg`` None: TensorBoard only)."""
     names = list(run_cfg.trackers) if run_cfg is not None else ["tensorboard"]
-    sinks = []
-    for name in names:
-        if name == "tensorboard":
-            sinks.append(TensorBoardSink(path, purge_step))
-        elif name == "wandb":
-            sinks.append(WandbSink(path, run_cfg.name, run_cfg.wandb, recipe_dump))
-        elif name == "mlflow":
-            sinks.append(MlflowSink(path, run_cfg.name, run_cfg.mlflow, _flat(recipe_dump or {})))
-        else:
-            raise ValueError(f"unknown tracker {name!r}; known: {list(TRACKERS)}")
-    return sinks
+    return [TRACKERS.get(name)(path, run_cfg, recipe_dump, purge_step) for name in names]
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
 import torch
 import torch.utils.checkpoint
 
@@ -51,6 +52,54 @@ class CompletionStates:
     head_V_H: torch.Tensor  # output head (tied to the embeddings where the model ties them)
     targets_B_T: torch.Tensor  # the completion token ids
     mask_B_T: torch.Tensor  # 1.0 on real completion tokens
+
+
+class Student:
+    """The model being trained at its completion positions, for one micro-batch: what a loss asks for.
+
+    Losses take ``(student, extras, installed) -> (loss, metrics)``. A policy-gradient or SFT loss
+    asks for ``student.logprobs()`` (the output head runs then, in checkpointed token chunks); a
+    distillation loss reads ``student.states`` (hidden states + head) and streams its own head.
+    Nothing is computed that the loss does not ask for.
+    """
+
+    def __init__(self, states: CompletionStates, chunk_tokens: int, autocast):
+        self.states, self._chunk_tokens, self._autocast = states, chunk_tokens, autocast
+        self._logprobs_B_T: torch.Tensor | None = None
+
+    @property
+    def mask_B_T(self) -> torch.Tensor:
+        return self.states.mask_B_T
+
+    def logprobs(self) -> torch.Tensor:
+        """``logprobs_B_T`` of the completion tokens (0 where masked), computed once per micro-batch."""
+        if self._logprobs_B_T is None:
+            states = self.states
+            with self._autocast():
+                logprobs_B_T = chunked_target_logprobs(states.hidden_B_T_H, states.head_V_H, states.targets_B_T, self._chunk_tokens)
+            self._logprobs_B_T = logprobs_B_T * states.mask_B_T
+        return self._logprobs_B_T
+
+
+class Installed:
+    """Frozen inputs a loss reads every step (e.g. the teachers' output heads), installed once on the
+    trainer and looked up by their class: ``installed[TeacherHeads]``."""
+
+    def __init__(self):
+        self._by_type: dict[type, object] = {}
+
+    def add(self, item) -> None:
+        self._by_type[type(item)] = item
+
+    def __getitem__(self, cls: type):
+        if cls not in self._by_type:
+            raise KeyError(f"the trainer has no {cls.__name__} installed (PolicyTrainer.install)")
+        return self._by_type[cls]
+
+
+def causal_lm(model):
+    """The transformers causal LM inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def chunked_target_logprobs(
@@ -117,7 +166,7 @@ class PolicyTrainer:
             params, lr=trainer_cfg.lr, weight_decay=trainer_cfg.weight_decay, betas=tuple(trainer_cfg.betas)
         )
         self.steps = 0
-        self.frozen: dict[str, object] = {}
+        self.installed = Installed()
 
     @staticmethod
     def _wrap_lora(model, lora_cfg):
@@ -138,31 +187,27 @@ class PolicyTrainer:
         enabled = self.cfg.autocast == "bfloat16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def _causal_lm(self, model=None):
-        model = model or self.model
-        return model.get_base_model() if hasattr(model, "get_base_model") else model
-
     def completion_states(self, seqs: Sequences, model=None) -> CompletionStates:
         """Last hidden states at the positions that predict each completion token (autocast dtype)."""
-        causal_lm = self._causal_lm(model)
+        model_lm = causal_lm(model or self.model)
         input_ids_B_L, attention_B_L, positions_B_T, targets_B_T, mask_B_T = self._pack(seqs)
         with self._autocast():
-            hidden_B_L_H = causal_lm.get_decoder()(
+            hidden_B_L_H = model_lm.get_decoder()(
                 input_ids=input_ids_B_L, attention_mask=attention_B_L
             ).last_hidden_state
         hidden_B_T_H = torch.gather(
             hidden_B_L_H, 1, positions_B_T.unsqueeze(-1).expand(-1, -1, hidden_B_L_H.shape[-1])
         )
-        return CompletionStates(hidden_B_T_H, causal_lm.get_output_embeddings().weight, targets_B_T, mask_B_T)
+        return CompletionStates(hidden_B_T_H, model_lm.get_output_embeddings().weight, targets_B_T, mask_B_T)
+
+    def student(self, seqs: Sequences, model=None) -> Student:
+        """``model`` (default: the one being trained) at the completion positions of ``seqs``."""
+        return Student(self.completion_states(seqs, model), self.cfg.logprob_chunk_tokens, self._autocast)
 
     def token_logprobs(self, seqs: Sequences, model=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-prob of each completion token under ``model``: ``(logprobs_B_T, mask_B_T)``."""
-        states = self.completion_states(seqs, model)
-        with self._autocast():
-            logprobs_B_T = chunked_target_logprobs(
-                states.hidden_B_T_H, states.head_V_H, states.targets_B_T, self.cfg.logprob_chunk_tokens
-            )
-        return logprobs_B_T * states.mask_B_T, states.mask_B_T
+        student = self.student(seqs, model)
+        return student.logprobs(), student.mask_B_T
 
     def _pack(self, seqs: Sequences):
         return pack_sequences(seqs, self.pad_id, self.device)
@@ -194,11 +239,10 @@ class PolicyTrainer:
     def update(self, seqs: Sequences, loss_fn: Callable, extras: dict[str, list]) -> dict[str, float]:
         """One optimizer step over ``seqs`` with gradient accumulation.
 
-        ``loss_fn(logprobs_B_T, mask_B_T, extras_for_microbatch) -> (loss, metrics)``, or, for
-        a loss with ``needs_states = True`` (distillation), ``loss_fn(CompletionStates,
-        extras_for_microbatch, frozen) -> (loss, metrics)`` where ``frozen`` holds the
-        tensors installed with ``set_frozen``. The loss must already be normalised for the
-        whole batch (see ``grpo.LossNormalizer``). ``extras`` holds per-sequence inputs.
+        ``loss_fn(student, extras_for_microbatch, installed) -> (loss, metrics)``: ``student`` is a
+        ``Student`` (log-probs or hidden states on request), ``installed`` what ``install`` put
+        here. The loss must already be normalised for the whole batch (see
+        ``grpo.LossNormalizer``). ``extras`` holds per-sequence inputs.
         """
         start = time.perf_counter()
         self.model.train()
@@ -222,10 +266,7 @@ class PolicyTrainer:
         for indices in length_sorted_chunks(seqs, self.cfg.micro_batch_size):
             sub = seqs.select(indices)
             micro_extras = {key: [values[i] for i in indices] for key, values in extras.items()}
-            if getattr(loss_fn, "needs_states", False):
-                loss, metrics = loss_fn(self.completion_states(sub), micro_extras, self.frozen)
-            else:
-                loss, metrics = loss_fn(*self.token_logprobs(sub), micro_extras)
+            loss, metrics = loss_fn(self.student(sub), micro_extras, self.installed)
             if backward:
                 loss.backward()
             totals["loss"] += float(loss.detach())
@@ -233,9 +274,9 @@ class PolicyTrainer:
                 totals[key] = totals.get(key, 0.0) + value
         return totals
 
-    def set_frozen(self, name: str, tensors) -> None:
-        """Install tensors a loss reads every step (e.g. teachers' output heads), sent once."""
-        self.frozen[name] = tensors
+    def install(self, item) -> None:
+        """Install a frozen input a loss reads every step (e.g. ``TeacherHeads``), sent once; by its class."""
+        self.installed.add(item)
 
     # ---- weights out -----------------------------------------------------
 
@@ -299,11 +340,11 @@ def engine_state_dict(model, dtype: str = "bfloat16") -> dict[str, torch.Tensor]
     The model is not mutated. A tied ``lm_head`` is left out: the engine ties it too.
     """
     target = getattr(torch, dtype)
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    tied = bool(getattr(causal_lm.config, "tie_word_embeddings", False))
+    model_lm = causal_lm(model)
+    tied = bool(getattr(model_lm.config, "tie_word_embeddings", False))
     deltas = _lora_deltas(model)
     weights = {}
-    for name, param in causal_lm.named_parameters():
+    for name, param in model_lm.named_parameters():
         if "lora_" in name:
             continue
         clean = name.replace(".base_layer.", ".")
@@ -369,14 +410,16 @@ def length_sorted_chunks(seqs: Sequences, size: int):
         yield order[start : start + size]
 
 
+def torch_actor(cls, num_cpus: float, num_gpus: float, *args):
+    """``cls(*args, threads)`` as a Ray actor with the resources asked for. On CPU it gets every core's
+    thread: Ray pins an actor to ``num_cpus`` threads, and the phases that use torch run one at a time."""
+    threads = int(num_cpus) if num_gpus else os.cpu_count()
+    actor_cls = ray.remote(cls).options(
+        num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}}
+    )
+    return actor_cls.remote(*args, threads)
+
+
 def trainer_actor(model_path: str, trainer_cfg, seed: int = 0):
     """Start a ``PolicyTrainer`` as a Ray actor with the resources the recipe asks for."""
-    import ray
-
-    threads = int(trainer_cfg.num_cpus) if trainer_cfg.num_gpus else os.cpu_count()
-    actor_cls = ray.remote(PolicyTrainer).options(
-        num_cpus=trainer_cfg.num_cpus,
-        num_gpus=trainer_cfg.num_gpus,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
-    )
-    return actor_cls.remote(model_path, trainer_cfg, seed, threads)
+    return torch_actor(PolicyTrainer, trainer_cfg.num_cpus, trainer_cfg.num_gpus, model_path, trainer_cfg, seed)

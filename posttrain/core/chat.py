@@ -10,15 +10,15 @@ the thinking block.
 
 from __future__ import annotations
 
+from .schema import ThinkingTags
+
 
 def prompt_ids(tokenizer, user_message: str, system: str | None = None, mode=None, tags=None) -> list[int]:
     """Token ids of a single-turn chat prompt, ending where the assistant (in ``mode``) starts.
 
-    ``mode`` is a ``recipe.EffortMode`` (``None``: plain chat); ``tags`` a
-    ``recipe.ThinkingTags`` (default ``<think>``/``</think>``).
+    ``mode`` is a ``schema.EffortMode`` (``None``: plain chat); ``tags`` a
+    ``schema.ThinkingTags`` (default ``<think>``/``</think>``).
     """
-    from .recipe import ThinkingTags
-
     tags = tags or ThinkingTags()
     thinking = mode is not None and mode.thinking
     native = tags.open in (getattr(tokenizer, "chat_template", None) or "")

@@ -1,6 +1,6 @@
 """Make the demo teachers a distillation recipe names, so OPD can run on a laptop.
 
-    python -m distill.demo recipes/distill_demo.yaml [--steps 8] [--batch 32]
+    python -m posttrain.demo recipes/distill_demo.yaml [--steps 8] [--batch 32]
 
 Real teachers are specialists from GRPO runs. For a CPU demo of twelve of them
 this builds each missing (domain, mode) teacher in about half a minute: a LoRA
@@ -18,11 +18,17 @@ import re
 from pathlib import Path
 
 import yaml
+from transformers import AutoTokenizer
 
-from posttrain.models import resolve_model
-from posttrain.recipe import LoraConfig, Recipe, TrainerConfig, apply_overrides
+from distill.routing import Router
+from distill.teachers import Teacher
 from specialists.math_task import MathTask, Problem
 from specialists.sft import sft_sequences, sft_step
+
+from .core.models import resolve_model
+from .core.policy import PolicyTrainer
+from .core.schema import LoraConfig, Recipe, TrainerConfig
+from .recipe import apply_overrides
 
 log = logging.getLogger("posttrain.demo")
 
@@ -45,13 +51,6 @@ def reference_answer(problem: Problem, mode_name: str, close_tag: str | None) ->
 
 def make_teacher(recipe: Recipe, teacher_cfg, steps: int, batch: int, lr: float, lora: bool = True) -> str:
     """SFT one teacher for ``teacher_cfg`` (domain, mode), a LoRA adapter or a full model, saved to its path."""
-    from transformers import AutoTokenizer
-
-    from posttrain.policy import PolicyTrainer
-
-    from .opd import Router
-    from .teachers import Teacher
-
     base = resolve_model(recipe.model.path)
     tokenizer = AutoTokenizer.from_pretrained(base)
     placeholder = Teacher(teacher_cfg.domain, teacher_cfg.mode, "", None)

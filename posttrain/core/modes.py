@@ -1,42 +1,21 @@
 """Reasoning-effort modes: which mode each prompt trains in, and how a mode becomes sampling.
 
-A mode (``recipe.EffortMode``) is data: whether the model thinks, its thinking
+A mode (``schema.EffortMode``) is data: whether the model thinks, its thinking
 budget, its total token allowance, an instruction and length-shaping knobs. This
-module fills in the default mode, checks modes against the context window and
-each other, assigns modes to prompts, and turns a mode into a ``SamplingSpec``.
+module checks modes against the context window and each other, assigns modes to prompts, and turns a mode into a ``SamplingSpec``.
 It must not format prompts (``chat.py`` does) or generate (``rollout`` does).
 
-The default: a recipe with no ``modes:`` gets one non-thinking mode named
-``default`` whose ``max_tokens`` is ``grpo.max_tokens``, so recipes written
-before modes existed behave as they did.
+The default mode (a recipe with no ``modes:``) is filled in by the schema
+(``schema.with_default_modes``).
 """
 
 from __future__ import annotations
 
-import copy
 import random
 
-DEFAULT_MODE = "default"
-MIN_ANSWER_TOKENS = 16  # a thinking mode keeps this much room after its budget: close tag + answer
+from rollout.engine import SamplingSpec
 
-
-def with_default_modes(data):
-    """Raw recipe data with the default mode and the task's mode weights filled in (a copy)."""
-    if not isinstance(data, dict):
-        return data
-    data = copy.deepcopy(data)
-    if not data.get("modes"):
-        grpo = data.get("grpo") if isinstance(data.get("grpo"), dict) else {}
-        max_tokens = grpo.get("max_tokens")
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
-            from .recipe import GrpoConfig
-
-            max_tokens = GrpoConfig.model_fields["max_tokens"].default
-        data["modes"] = {DEFAULT_MODE: {"thinking": False, "max_tokens": max_tokens}}
-    task = data.get("task")
-    if isinstance(task, dict) and not task.get("modes") and isinstance(data["modes"], dict):
-        task["modes"] = {name: 1.0 for name in data["modes"]}
-    return data
+from .schema import DEFAULT_MODE, MIN_ANSWER_TOKENS, EffortMode  # noqa: F401  (re-exported)
 
 
 def check_modes(recipe) -> list[str]:
@@ -123,8 +102,6 @@ def assign_modes(weights: dict[str, float], count: int, seed: int, step: int) ->
 
 def sampling_spec(mode, tags, n: int = 1, temperature: float = 1.0, top_p: float = 1.0):
     """How the engine samples ``mode``: its token allowance and, when thinking, its budget and close tag."""
-    from rollout.engine import SamplingSpec
-
     return SamplingSpec(
         n=n,
         temperature=temperature,

@@ -1,0 +1,120 @@
+"""The one driver every training loop (SFT, GRPO, distillation) runs on.
+
+A loop brings only what differs -- its step and its eval -- as a ``Loop``;
+the driver owns the skeleton they share::
+
+    start actors (engine + trainer, from the recipe)
+      -> resume (newest complete checkpoint: trainer state, engine weights, logs rewound)
+      -> eval "before" (once; reused on resume)
+      -> steps (timed, logged, checkpointed every N)
+      -> final checkpoint -> eval "after" -> stop actors
+
+It must not know any algorithm: no rewards, advantages or teachers here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import ray
+from transformers import AutoTokenizer
+
+from rollout.engine import EngineConfig, engine_actor
+
+from .policy import trainer_actor
+from .resume import eval_once, final_checkpoint, resume_point, run_steps
+from .rundir import RunDir
+from .schema import Recipe
+
+log = logging.getLogger("posttrain.driver")
+
+
+@dataclass
+class Actors:
+    """The student's engine (vLLM) and trainer actors, and its tokenizer (on the driver)."""
+
+    engine: ray.actor.ActorHandle
+    trainer: ray.actor.ActorHandle
+    tokenizer: object
+
+    def sync_weights(self, dtype: str) -> None:
+        """Trainer -> engine: the trainer's weights (LoRA merged) loaded in place, handed over as a Ray object."""
+        ray.get(self.engine.update_weights.remote(self.trainer.engine_weights.remote(dtype)))
+
+
+def engine_config(recipe: Recipe, model_path: str) -> EngineConfig:
+    """The vLLM engine a recipe asks for, serving ``model_path``."""
+    return EngineConfig(
+        model=model_path,
+        dtype=recipe.model.engine_dtype,
+        max_model_len=recipe.model.max_model_len,
+        seed=recipe.run.seed,
+        kv_cache_gib=recipe.engine.kv_cache_gib,
+        gpu_memory_utilization=recipe.engine.gpu_memory_utilization,
+        tensor_parallel_size=recipe.engine.tensor_parallel_size,
+    )
+
+
+def start_engine(recipe: Recipe, model_path: str):
+    """An engine actor on ``model_path`` (e.g. a checkpoint to evaluate), waited for until ready."""
+    engine = engine_actor(engine_config(recipe, model_path), num_cpus=recipe.engine.num_cpus, num_gpus=recipe.engine.num_gpus)
+    ray.get(engine.ready.remote())
+    return engine
+
+
+def start_actors(recipe: Recipe, model_path: str) -> Actors:
+    engine = engine_actor(engine_config(recipe, model_path), num_cpus=recipe.engine.num_cpus, num_gpus=recipe.engine.num_gpus)
+    trainer = trainer_actor(model_path, recipe.trainer, seed=recipe.run.seed)
+    ray.get([engine.ready.remote(), trainer.peak_memory_gib.remote()])
+    return Actors(engine, trainer, AutoTokenizer.from_pretrained(model_path))
+
+
+class Loop(Protocol):
+    """What a training loop gives the driver: its name, length, step and eval."""
+
+    name: str  # "GRPO", "SFT", "distill": in log lines
+    steps: int
+    checkpoint_every: int
+
+    def step(self, step: int) -> dict[str, float]:
+        """One optimizer step (weights pushed to the engine included); its metrics."""
+
+    def step_line(self, step: int, metrics: dict[str, float]) -> str:
+        """The one log line of a step."""
+
+    def evaluate(self, tag: str, before: dict | None) -> dict:
+        """Held-out eval, saved under ``tag`` ("before"/"after"); ``before`` is the earlier report, if any."""
+
+
+def run_loop(loop: Loop, recipe: Recipe, run: RunDir, actors: Actors, model_path: str, extra_actors=()) -> dict:
+    """Resume, eval before, steps, final checkpoint, eval after; ``{"before", "after", "checkpoint"}``.
+
+    The actors (``extra_actors`` too, e.g. a teacher pool) are stopped at the end, whatever happens.
+    """
+    try:
+        start = resume_point(run, actors.trainer, actors.engine, recipe.model.engine_dtype, recipe.run.resume)
+        results: dict = {}
+        if recipe.eval.before:
+            results["before"] = eval_once(run, "before", start > 0, lambda: loop.evaluate("before", None))
+        save = _saver(actors, run, model_path)
+        run_steps(loop.name, run, start, loop.steps, loop.step, loop.step_line, loop.checkpoint_every, save)
+        results["checkpoint"] = final_checkpoint(run, loop.steps, save)
+        if recipe.eval.after:
+            evaluate = lambda: loop.evaluate("after", results.get("before"))  # noqa: E731
+            results["after"] = eval_once(run, "after", start == loop.steps, evaluate)
+        return results
+    finally:
+        for actor in (actors.engine, actors.trainer, *extra_actors):
+            ray.kill(actor)
+
+
+def _saver(actors: Actors, run: RunDir, model_path: str) -> Callable[[int], str]:
+    return lambda step: ray.get(actors.trainer.save.remote(str(run.checkpoint_dir(step)), model_path))
+
+
+def phase_line(metrics: dict[str, float]) -> str:
+    """``generate=1.2s reward=0.3s ...``: the timed phases of a step, for its log line."""
+    return " ".join(f"{key[5:]}={value:.1f}s" for key, value in metrics.items() if key.startswith("time/"))

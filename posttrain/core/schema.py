@@ -1,0 +1,302 @@
+"""Recipe schema: the sections a YAML recipe may hold, typed, each field documented.
+
+Only the shape lives here. What the schema cannot see (registered names, files,
+models, a domain's own source fields, teachers' checkpoints) is checked by
+``posttrain/recipe.py``, which loads and validates a whole recipe on top of
+everything. A task domain brings its own source schema(s): a ``SourceConfig``
+subclass with a ``kind`` literal, declared on the task class
+(``posttrain/core/tasks.py``); ``task.sources`` holds them open-ended here and
+the whole-recipe validation types each one by its domain.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+
+DEFAULT_MODE = "default"
+MIN_ANSWER_TOKENS = 16  # a thinking mode keeps this much room after its budget: close tag + answer
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message lists every problem with its field path."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class WandbSettings(Strict):
+    project: str = Field("posttrain", description="W&B project")
+    entity: str | None = Field(None, description="W&B entity (team or user); default: the logged-in user's")
+    mode: Literal["online", "offline", "disabled"] | None = Field(None, description="default: WANDB_MODE, else online")
+
+
+class MlflowSettings(Strict):
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default: MLFLOW_TRACKING_URI, else a file store `mlruns/` beside the run directories")
+    experiment: str = Field("posttrain", description="MLflow experiment name (created if missing)")
+
+
+class RunConfig(Strict):
+    name: str = Field("run", description="run directory name under output_dir")
+    output_dir: str = Field("runs", description="where run directories go")
+    seed: int = Field(0, description="seeds prompts, sampling and initialisation; a run's steps are a pure function of it")
+    resume: bool = Field(True, description="continue from the newest complete checkpoint in the run directory")
+    trackers: list[str] = Field(default_factory=lambda: ["tensorboard"], description="where step metrics go besides metrics.jsonl: tensorboard, wandb, mlflow (they need their packages), or a registered / 'module:attr' tracker")
+    wandb: WandbSettings = Field(default_factory=WandbSettings, description="used when trackers names wandb")
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings, description="used when trackers names mlflow")
+
+
+class ModelConfig(Strict):
+    path: str = Field("smollm2-135m-instruct", description="built-in name, local directory, or hub id")
+    max_model_len: int = Field(1024, gt=0, description="the engine's context window (prompt + completion tokens)")
+    prompt_room: int = Field(128, gt=0, description="tokens kept for the prompt: every mode's max_tokens + this must fit")
+    engine_dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="weights dtype in vLLM (and of the weights pushed to it)")
+
+
+class EngineSettings(Strict):
+    kv_cache_gib: float = Field(1.0, gt=0, description="CPU only: KV cache memory")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU only")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (vLLM tensor parallelism)")
+    num_cpus: float = Field(1, description="Ray logical CPUs reserved for the engine actor")
+    num_gpus: float = Field(0, description="Ray GPUs reserved for the engine actor (0 on CPU)")
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, gt=0, description="LoRA rank")
+    alpha: int = Field(32, description="LoRA scale numerator (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="module names to adapt, or every linear layer but the output head")
+
+
+class TrainerConfig(Strict):
+    lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    micro_batch_size: int = Field(16, gt=0, description="sequences per forward/backward")
+    autocast: Literal["bfloat16", "none"] = Field("bfloat16", description="compute dtype of forward/backward; master weights stay float32")
+    lora: LoraConfig | None = Field(None, description="train a LoRA adapter (frozen bf16 base) instead of every weight")
+    logprob_chunk_tokens: int = Field(
+        1024, ge=0, description="tokens whose [tokens, vocab] logits live at once when computing log-probs "
+        "(recomputed in backward); 0 = the whole micro-batch at once (faster, B*T*V floats of memory)"
+    )
+    num_cpus: float = Field(1, description="Ray logical CPUs reserved for the trainer actor")
+    num_gpus: float = Field(0, description="Ray GPUs reserved for the trainer actor")
+
+
+class SourceConfig(BaseModel):
+    """A prompt source of a task. A domain subclasses it with ``kind: Literal["..."]`` and its own fields
+    (``Strict``); until the domain types it, a source keeps every field it was given."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    kind: str = Field(description="the source's kind; the domain's source schemas say which exist")
+    weight: float = Field(1.0, gt=0, description="sampling weight among the task's sources")
+
+
+class Source(SourceConfig):
+    """Base of a domain's own source schema: unknown fields are refused, as in every section."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RewardSpec(Strict):
+    name: str = Field(description="registered name, 'module:function', or an entry point")
+    weight: float = Field(1.0, description="weight of this reward in the sample's total")
+    timeout_s: float = Field(30.0, gt=0, description="a call running longer scores the sample as failed (counted, logged)")
+
+
+class EffortMode(Strict):
+    """A reasoning-effort mode (see ``posttrain/modes.py``): how much the model may think, and length shaping."""
+
+    thinking: bool = Field(False, description="whether the model thinks (between the thinking tags) before answering")
+    thinking_budget: int | None = Field(None, gt=0, description="thinking tokens before the close tag is forced")
+    max_tokens: int = Field(gt=0, description="completion tokens in all: thinking + close tag + answer")
+    instruction: str | None = Field(None, description="system instruction for this mode")
+    overlong_buffer: int = Field(0, ge=0, description="DAPO soft overlong punishment: the last N tokens before max_tokens")
+    overlong_penalty: float = Field(1.0, ge=0, description="DAPO: the penalty at max_tokens")
+    target_length: int | None = Field(None, gt=0, description="L1-style: penalise |completion tokens - target|")
+    length_coef: float = Field(0.0, ge=0, description="L1-style: penalty per token of |length - target_length|")
+
+    @model_validator(mode="after")
+    def _budget_matches_thinking(self) -> EffortMode:
+        if self.thinking and self.thinking_budget is None:
+            raise ValueError("thinking_budget is required when thinking is true")
+        if not self.thinking and self.thinking_budget is not None:
+            raise ValueError("thinking_budget is set but thinking is false")
+        if self.thinking_budget is not None and self.thinking_budget + MIN_ANSWER_TOKENS > self.max_tokens:
+            raise ValueError(
+                f"thinking_budget ({self.thinking_budget}) + {MIN_ANSWER_TOKENS} tokens for the close tag and "
+                f"answer exceeds max_tokens ({self.max_tokens})"
+            )
+        if self.length_coef > 0 and self.target_length is None:
+            raise ValueError("length_coef needs target_length")
+        return self
+
+
+class ThinkingTags(Strict):
+    """Thinking tags our chat formatting adds for templates that lack them (SmolLM2 has none)."""
+
+    open: str = Field("<think>", description="tag that opens thinking (prefilled at the end of a thinking prompt)")
+    close: str = Field("</think>", description="tag that ends thinking; forced at the budget")
+    instruction: str = Field("Think step by step between {open} and {close}, then give the final answer after {close}.", description="system text telling templates without tags how to use them")
+
+
+class TaskConfig(Strict):
+    domain: str = Field("math", description="the task's domain: math, code, instruct, agent, one registered with @register_task, or 'module:TaskClass'")
+    sources: list[SerializeAsAny[SourceConfig]] = Field(min_length=1, description="prompt sources, drawn by weight")
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="math_verify")], min_length=1, description="rewards summed with their weights")
+    instruction: str = Field("Give the final answer as a number at the end.", description="appended to every question")
+    modes: dict[str, float] = Field(default_factory=dict, description="mode name -> sampling weight; default: every mode")
+
+
+class GrpoConfig(Strict):
+    steps: int = Field(20, ge=0, description="optimizer steps (each: generate, reward, update, weight sync)")
+    prompts_per_step: int = Field(8, gt=0, description="prompts per step, P")
+    samples_per_prompt: int = Field(8, ge=2, description="group size G; advantages need >= 2")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    max_tokens: int = Field(128, gt=0, description="completion tokens per sample of the default mode (no `modes:`)")
+    advantage: Literal["grpo", "dr_grpo"] = Field("grpo", description="grpo: (r - mean) / std per group; dr_grpo: r - mean")
+    clip_low: float = Field(0.2, ge=0, description="PPO ratio clip below 1")
+    clip_high: float = Field(0.2, ge=0, description="DAPO clip-higher: set above clip_low, e.g. 0.28")
+    kl_coef: float = Field(0.0, ge=0, description="k3 KL to the reference model; 0 disables it")
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field("token_mean", description="how token losses are averaged (see specialists/grpo.py)")
+    minibatches: int = Field(1, ge=1, description="optimizer steps per batch (>1 recomputes old log-probs)")
+    truncation_warn: float = Field(0.2, ge=0, le=1, description="warn when more than this share of samples is truncated")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only the final one")
+    log_samples: int = Field(4, ge=0, description="completions saved to samples.jsonl per step")
+
+
+class EvalConfig(Strict):
+    before: bool = Field(True, description="evaluate before training")
+    after: bool = Field(True, description="evaluate after training")
+    suites: list[str] | None = Field(None, description="held-out suites by name (e.g. humaneval, ifbench, bfcl_simple, gsm8k); default: the domain's own")
+    num_problems: int = Field(100, gt=0, description="per source")
+    pass_k: int = Field(4, ge=1, description="samples per problem for pass@k (1 disables)")
+    temperature: float = Field(1.0, gt=0, description="for the pass@k samples; accuracy is greedy")
+    max_tokens: int | None = Field(None, gt=0, description="default: grpo.max_tokens")
+    modes: list[str] | None = Field(None, description="modes to evaluate; default: the task's modes")
+    sweep_mode: str | None = Field(None, description="thinking mode for the budget sweep; default: the largest budget")
+    budget_sweep: list[int] = Field(default_factory=list, description="thinking budgets for the accuracy curve")
+
+
+class TeacherConfig(Strict):
+    domain: str = Field(description="a key of distill.domains: whose prompts this teacher scores")
+    mode: str = Field(description="the effort mode of the prompts this teacher scores")
+    path: str = Field(description="checkpoint directory: a full model, or a peft adapter over its base")
+    base: str | None = Field(None, description="adapter base model; default: the adapter's own record")
+    weight: float = Field(1.0, gt=0, description="w_i; teachers sharing a (domain, mode) all score it")
+
+
+class DistillConfig(Strict):
+    """On-policy distillation: the student samples, the teacher(s) of each prompt's key score it."""
+
+    domains: dict[str, TaskConfig] = Field(min_length=1, description="prompt sources per domain")
+    teachers: list[TeacherConfig] = Field(min_length=1, description="teachers by (domain, mode); see docs/distillation.md")
+    steps: int = Field(20, ge=0, description="optimizer steps (each: generate, teacher_score, update, weight sync)")
+    prompts_per_step: int = Field(16, gt=0, description="drawn uniformly across (domain, mode) keys")
+    samples_per_prompt: int = Field(1, gt=0, description="student samples per prompt")
+    temperature: float = Field(1.0, gt=0, description="student sampling temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="student nucleus sampling")
+    divergence: str = Field("reverse_kl", description="per-token divergence over the full vocabulary: reverse_kl, forward_kl, generalized_jsd, sampled_token, or a registered / 'module:attr' one (distill/divergences.py)")
+    jsd_beta: float = Field(0.5, ge=0, le=1, description="generalized_jsd only")
+    chunk_size: int = Field(512, gt=0, description="student tokens per [chunk, vocab] block")
+    teacher_num_cpus: float = Field(0, ge=0, description="0: the pool shares the cores (phases run one at a time)")
+    teacher_num_gpus: float = Field(0, description="Ray GPUs reserved for the teacher pool")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only the final one")
+    log_samples: int = Field(4, ge=0, description="completions saved to samples.jsonl per step")
+
+    @model_validator(mode="after")
+    def _teachers_have_domains(self) -> DistillConfig:
+        for index, teacher in enumerate(self.teachers):
+            if teacher.domain not in self.domains:
+                raise ValueError(
+                    f"teachers.{index}.domain {teacher.domain!r} is not one of distill.domains {sorted(self.domains)}"
+                )
+        return self
+
+
+class StageRecipe(Strict):
+    recipe: str = Field(description="path to the stage's recipe YAML (relative to the working directory)")
+    overrides: list[str] = Field(default_factory=list, description="dotted key=value overrides applied to that recipe")
+
+    @field_validator("recipe")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        """Resolved now: a Ray job driver may run stages after its working directory changed."""
+        return str(Path(path).expanduser().resolve())
+
+
+class PipelineConfig(Strict):
+    """Specialists -> teachers -> on-policy distillation -> eval, in one driver (``posttrain/pipeline.py``)."""
+
+    specialists: dict[str, StageRecipe] = Field(min_length=1, description="specialist name (its distillation domain) -> its GRPO recipe")
+    distill: StageRecipe = Field(description="the distillation recipe; the pipeline fills in its distill.domains and distill.teachers")
+    teacher_modes: list[str] | None = Field(None, description="modes each specialist teaches in; default: the modes it trained in")
+    eval_suites: list[str] | None = Field(None, description="held-out suites for the final student; default: each domain's own")
+    parallel_specialists: bool = Field(True, description="run specialists side by side when the cluster has room (a placement group each)")
+
+
+class Recipe(Strict):
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    task: TaskConfig | None = Field(None, description="a GRPO specialist run")
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+    distill: DistillConfig | None = Field(None, description="an on-policy distillation run")
+    pipeline: PipelineConfig | None = Field(None, description="a whole pipeline: specialists, teachers, distillation, eval")
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    modes: dict[str, EffortMode] = Field(default_factory=dict, description="reasoning-effort modes by name")
+    thinking_tags: ThinkingTags = Field(default_factory=ThinkingTags)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_mode(cls, data):
+        if isinstance(data, dict) and data.get("pipeline") is not None and not data.get("modes"):
+            raise ValueError("a pipeline recipe defines `modes:` once, for every stage")
+        return with_default_modes(data)
+
+    @model_validator(mode="after")
+    def _fits_context(self) -> Recipe:
+        if sum(section is not None for section in (self.task, self.distill, self.pipeline)) != 1:
+            raise ValueError(
+                "a recipe has exactly one of `task` (GRPO specialist), `distill` (on-policy distillation) "
+                "or `pipeline` (specialists -> distillation -> eval)"
+            )
+        if self.grpo.max_tokens >= self.model.max_model_len:
+            raise ValueError(
+                f"grpo.max_tokens ({self.grpo.max_tokens}) leaves no room for the prompt in "
+                f"model.max_model_len ({self.model.max_model_len})"
+            )
+        if self.grpo.prompts_per_step * self.grpo.samples_per_prompt % self.grpo.minibatches:
+            raise ValueError("grpo.minibatches must divide prompts_per_step * samples_per_prompt")
+        return self
+
+
+
+
+def with_default_modes(data):
+    """Raw recipe data with the default mode and the task's mode weights filled in (a copy).
+
+    A recipe with no ``modes:`` gets one non-thinking mode named ``default`` whose
+    ``max_tokens`` is ``grpo.max_tokens``, so recipes written before modes existed
+    behave as they did.
+    """
+    if not isinstance(data, dict):
+        return data
+    data = copy.deepcopy(data)
+    if not data.get("modes"):
+        grpo = data.get("grpo") if isinstance(data.get("grpo"), dict) else {}
+        max_tokens = grpo.get("max_tokens")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+            max_tokens = GrpoConfig.model_fields["max_tokens"].default
+        data["modes"] = {DEFAULT_MODE: {"thinking": False, "max_tokens": max_tokens}}
+    task = data.get("task")
+    if isinstance(task, dict) and not task.get("modes") and isinstance(data["modes"], dict):
+        task["modes"] = {name: 1.0 for name in data["modes"]}
+    return data

@@ -1,0 +1,205 @@
+"""What a domain is: the ``Task`` interface, and the registry of domains.
+
+A task owns everything domain-specific -- its recipe source schemas, prompts,
+rewards, held-out suites and their scorer; the loops (SFT, GRPO, distillation)
+and the one eval path only ever talk to this interface::
+
+    task = make_task(recipe.task, seed)            # TaskConfig -> Task (by task.domain)
+    problems = task.sample(step, count)            # training prompts: a pure function of (seed, step)
+    text = task.user_message(problem)              # what the user turn says
+    sample = task.reward_sample(problem, completion)  # what the reward functions see
+    suites = task.heldout_suites(names, n)         # {suite: [Problem]}, disjoint from training
+    TaskCls.suite_config("humaneval")              # the task config that evaluates a suite by name (posttrain eval)
+    scores = task.score_suite(suite, problems, completions)  # the suite's own scorer
+
+``Problem.fields`` are passed to every reward as keyword arguments (``answer``
+for math, ``tests`` for code, ``instruction_ids`` + ``kwargs`` for instruction
+following, ...). A task that needs more than one model turn (the agent) sets
+``multi_turn = True`` and implements ``rollout``; single-turn tasks inherit the
+engine's ``generate``.
+
+A new domain is one file: a ``Task`` subclass registered with
+``@register_task("name")`` (constructor ``(task_cfg, seed)``) whose ``sources``
+lists its ``schema.Source`` subclasses (each with its ``kind`` literal).
+``task.domain`` names it (or ``module:Class``, or a ``posttrain.tasks`` entry
+point); no other file changes.
+"""
+
+from __future__ import annotations
+
+import random
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import ray
+from pydantic import ValidationError
+
+from posttrain.plugins import NotFound, Registry, qualname
+from rewards import Sample, as_weighted
+
+from .schema import SourceConfig
+
+
+@dataclass
+class Problem:
+    """One prompt of a domain: the user message's content and the fields its rewards and scorer need."""
+
+    question: str
+    fields: dict = field(default_factory=dict)
+    source: str = ""
+    id: str = ""
+
+    @property
+    def answer(self) -> str:  # math's reference answer (kept as an attribute for readability)
+        return self.fields.get("answer", "")
+
+
+class Task:
+    """Base class with the defaults every single-turn domain shares."""
+
+    domain = "?"
+    sources: tuple[type[SourceConfig], ...] = ()  # the domain's source schemas (``schema.Source`` subclasses)
+    multi_turn = False  # True: ``rollout`` runs episodes of several model turns (the agent)
+
+    def __init__(self, task_cfg, seed: int = 0):
+        self.cfg = task_cfg
+        self.seed = seed
+        self.rewards = as_weighted(task_cfg.rewards)
+
+    def sample(self, step: int, count: int) -> list[Problem]:
+        raise NotImplementedError
+
+    def user_message(self, problem: Problem) -> str:
+        instruction = getattr(self.cfg, "instruction", "") or ""
+        return f"{problem.question}\n{instruction}".strip()
+
+    def system_prompt(self, problem: Problem) -> str | None:
+        """Extra system text for this problem (e.g. the agent's tool schemas); modes add theirs after it."""
+        return None
+
+    def reward_sample(self, problem: Problem, completion) -> Sample:
+        """Rewards score the answer: the text after the close tag of a thinking mode."""
+        return Sample(self.user_message(problem), completion.answer_text, problem.fields)
+
+    def heldout_suites(self, names: list[str] | None, num_problems: int) -> dict[str, list[Problem]]:
+        raise NotImplementedError
+
+    @classmethod
+    def suite_config(cls, suite: str) -> dict | None:
+        """A task config (``TaskConfig`` fields, as a dict) whose held-out suites are ``suite``, or None
+        when this domain has no suite of that name. ``posttrain eval --suites`` finds a suite's domain
+        by asking every registered task; without an override it tries each of its ``sources`` with
+        their defaults (``posttrain/evaluate.py:suite_task_configs``)."""
+        return None
+
+    def score_suite(self, suite: str, problems: list[Problem], completions: list) -> dict[str, list[float]]:
+        """Per-completion scores by the suite's own scorer: ``{"score": [...], other metrics...}``.
+
+        ``completions[i]`` answers ``problems[i]``; ``"score"`` is the headline metric.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def source_kinds(cls) -> list[str]:
+        return [source_kind(schema) for schema in cls.sources]
+
+    def rollout(self, engine, tokenizer, problems: list[Problem], prompts: list[list[int]], specs: list):
+        """Sample completions: single-turn tasks in one engine call; multi-turn tasks (``multi_turn = True``)
+        override this. Returns a ``GenerateResult``."""
+        return ray.get(engine.generate.remote(prompts, specs))
+
+
+def training_pools(sources, training_rows, source_name) -> list[tuple[float, Sequence]]:
+    """``(weight, rows)`` per source, ``training_rows(source)`` being its non-held-out rows; none may be empty."""
+    pools = []
+    for source in sources:
+        rows = training_rows(source)
+        if len(rows) == 0:
+            raise ValueError(f"source {source_name(source)} has no training rows")
+        pools.append((source.weight, rows))
+    return pools
+
+
+def weighted_draw(seed: int, step: int, count: int, pools: list[tuple[float, Sequence]], to_problem) -> list[Problem]:
+    """``count`` problems, each from a pool drawn by weight: a pure function of (seed, step), so resuming is exact."""
+    rng = random.Random(seed * 1_000_003 + step)
+    weights = [weight for weight, _ in pools]
+    problems = []
+    for _ in range(count):
+        _, rows = rng.choices(pools, weights=weights)[0]
+        problems.append(to_problem(rows[rng.randrange(len(rows))]))
+    return problems
+
+
+TASKS: Registry[type[Task]] = Registry("task domain", entry_point_group="posttrain.tasks")
+
+
+def register_task(name: str):
+    """Class decorator: ``@register_task("weather")`` makes ``task.domain: weather`` pick the class."""
+
+    def register(cls: type[Task]) -> type[Task]:
+        cls.domain = name
+        return TASKS.register(name, cls)
+
+    return register
+
+
+def task_domains() -> list[str]:
+    return TASKS.names()
+
+
+def task_class(domain: str) -> type[Task]:
+    """The task class a ``task.domain`` names: registered, ``module:Class``, or an entry point."""
+    try:
+        cls = TASKS.get(domain)
+    except NotFound as error:
+        raise ValueError(str(error)) from None
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ValueError(f"task domain {domain!r} names {qualname(cls)}, which is not a Task subclass")
+    return cls
+
+
+def typed_sources(task_cfg) -> tuple[object, list[tuple[str, str]]]:
+    """``task_cfg`` with each source validated by its domain's source schema, and the problems found:
+    ``[(field path below the task config, message)]`` (e.g. ``("sources.0.count", "...")``)."""
+    try:
+        cls = task_class(task_cfg.domain)
+    except ValueError as error:
+        return task_cfg, [("domain", str(error))]
+    schemas = {source_kind(schema): schema for schema in cls.sources}
+    typed, problems = [], []
+    for index, source in enumerate(task_cfg.sources):
+        schema = schemas.get(source.kind)
+        if schema is None:
+            problems.append((f"sources.{index}.kind", f"{source.kind!r} is not a {task_cfg.domain} source (those are {sorted(schemas)})"))
+            continue
+        if isinstance(source, schema):
+            typed.append(source)
+            continue
+        try:
+            typed.append(schema.model_validate(source.model_dump()))
+        except ValidationError as error:
+            problems += [(".".join(["sources", str(index), *map(str, item["loc"])]), _message(item)) for item in error.errors()]
+    if problems:
+        return task_cfg, problems
+    return task_cfg.model_copy(update={"sources": typed}), []
+
+
+def source_kind(schema: type[SourceConfig]) -> str:
+    """The ``kind`` a source schema declares: its ``kind: Literal["..."]`` field."""
+    (kind,) = typing.get_args(schema.model_fields["kind"].annotation)
+    return kind
+
+
+def _message(item: dict) -> str:
+    got = "" if item["type"] == "missing" else f" (got {item.get('input')!r})"
+    return f"{item['msg']}{got}"
+
+
+def make_task(task_cfg, seed: int = 0) -> Task:
+    """The ``Task`` for a task config; its sources are typed by the domain first (``ValueError`` if they do not fit)."""
+    typed, problems = typed_sources(task_cfg)
+    if problems:
+        raise ValueError("; ".join(f"task.{where}: {message}" for where, message in problems))
+    return task_class(typed.domain)(typed, seed)
