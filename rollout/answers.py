@@ -6,7 +6,7 @@ match "1000", and a reply listing every candidate value must not win.
 
 - A number is compared as a number: the reply's last number must equal it and
   stand alone: not an operand ("45 + 23"), not one of alternatives ("68 or 69",
-  "67, 68", "67 68"). "23 plus 45 is 68." and "It has 9,400 people." state it.
+  "67, 68", "67 68", "Marth, 1974, 100"). "23 plus 45 is 68." and "It has 9,400 people." state it.
 - Text is compared word by word after normalising (case, punctuation, articles,
   titles such as "Dr."): the reply's last sentence must *end with* the value,
   and the value must not close a list ("blue, Paris", "Oslo or Paris").
@@ -62,6 +62,10 @@ def stated_number(text: str) -> float | None:
         return None
     if len(numbers) > 1 and _ALTERNATIVE_GAP.fullmatch(text[numbers[-2].end(): last.start()]):
         return None
+    if re.search(r"(?:[,;/&]|\b(?:or|and)\b)\s*$", before, flags=re.IGNORECASE):
+        return None  # "Marth, 1974, 100": the last member of a list of values, not an answer
+    if re.match(r"[,;]?\s*or\b", after, flags=re.IGNORECASE):
+        return None  # "100 or Marth": a hedge
     return float(last.group().replace(",", ""))
 
 
