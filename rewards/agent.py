@@ -28,11 +28,16 @@ def tool_call_format(prompt: str, completion: str, *, calls: list, call_attempts
 
 @reward("call_match")
 def call_match(prompt: str, completion: str, *, calls: list, expected_calls: list, **_) -> float:
-    """Share of the expected calls made, in order, with BFCL's matching rules (name and every argument)."""
+    """Expected calls matched in order (BFCL's rules: name and every argument) over the larger of the
+    expected and the made call counts: a missing call and an extra (junk) call each cost their share."""
     return calls_match(calls, expected_calls)
 
 
 @reward("env_outcome")
 def env_outcome(prompt: str, completion: str, *, outcome: float, **_) -> float:
-    """The environment's verdict: the final answer and/or the final state is right."""
+    """The environment's verdict: the final answer and/or the final state is right.
+
+    Each environment's ``outcome`` compares whole answers (``rollout.answers``): never a
+    substring, never a list of candidates; ``schemas`` wants exactly the expected calls.
+    """
     return float(outcome)

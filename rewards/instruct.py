@@ -14,6 +14,13 @@ procedural prompts and IFBench-format rows.
 signal for a small model); ``if_all_constraints`` is 1 only when all are. A
 checker that raises, an unknown id, an empty response or malformed fields count
 as "not followed": garbage never crashes a run.
+
+Constraints check the form of a text, so a policy can satisfy them without
+writing one; these answers follow no constraint (``gaming``): a response with no
+word ("." has no comma and no forbidden word), a copy of the whole prompt (it
+holds every keyword it asks for), and a phrase repeated to pad the length.
+Keyword constraints also fail when the keywords are over half of the words
+("river lantern" is a keyword list, not a text).
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from .registry import RewardResult, reward
 
 _WORD = re.compile(r"\b\w+\b")
 _SENTENCE_END = re.compile(r"[^.!?]+[.!?]+")
+ECHO_MIN_WORDS = 8  # a prompt this long is never repeated whole by an honest answer
+REPETITION_MIN_WORDS = 20  # below this, a few repeated trigrams are normal
 
 
 def count_words(text: str) -> int:
@@ -90,9 +99,14 @@ def number_bullets(response: str, *, num_bullets: int) -> bool:
     return len(bullets) == int(num_bullets)
 
 
+def _stuffed(words: list[str], keywords: set[str]) -> bool:
+    """More than half of the words are the constraint's keywords: a keyword list, not a text."""
+    return 2 * sum(word in keywords for word in words) > len(words)
+
+
 def keywords_included(response: str, *, keywords: list[str]) -> bool:
-    words = set(_words_of(response))
-    return bool(keywords) and all(str(k).lower() in words for k in keywords)
+    words, wanted = _words_of(response), {str(k).lower() for k in keywords}
+    return bool(keywords) and wanted <= set(words) and not _stuffed(words, wanted)
 
 
 def forbidden_words(response: str, *, forbidden_words: list[str]) -> bool:
@@ -101,7 +115,8 @@ def forbidden_words(response: str, *, forbidden_words: list[str]) -> bool:
 
 
 def keyword_frequency(response: str, *, keyword: str, frequency: int, relation: str) -> bool:
-    return _compare(_words_of(response).count(str(keyword).lower()), relation, int(frequency))
+    words, keyword = _words_of(response), str(keyword).lower()
+    return _compare(words.count(keyword), relation, int(frequency)) and not _stuffed(words, {keyword})
 
 
 def json_format(response: str) -> bool:
@@ -198,7 +213,7 @@ def _ifbench_follows(instruction_id: str, response: str, kwargs: dict, prompt: s
 def follows(instruction_id: str, response: str, kwargs: dict | None = None, prompt: str = "") -> bool:
     """Whether ``response`` follows one constraint; any error (bad kwargs, unknown id) is ``False``."""
     try:
-        if not isinstance(response, str) or not response.strip():
+        if not isinstance(response, str) or not _WORD.search(response):  # "", "   ", "." are not answers
             return False
         kwargs = {k: v for k, v in (kwargs or {}).items() if v is not None}
         if instruction_id in CHECKERS:
@@ -208,16 +223,39 @@ def follows(instruction_id: str, response: str, kwargs: dict | None = None, prom
         return False
 
 
+def echoes_prompt(prompt: str, response: str) -> bool:
+    """The response holds the whole prompt (``ECHO_MIN_WORDS`` words or more), word for word."""
+    wanted = _words_of(prompt)
+    return len(wanted) >= ECHO_MIN_WORDS and f" {' '.join(wanted)} " in f" {' '.join(_words_of(response))} "
+
+
+def repetitive(response: str) -> bool:
+    """Under half of the word trigrams are distinct: a phrase repeated to pad a length constraint."""
+    words = _words_of(response)
+    if len(words) < REPETITION_MIN_WORDS:
+        return False
+    trigrams = list(zip(words, words[1:], words[2:]))
+    return 2 * len(set(trigrams)) < len(trigrams)
+
+
+def gaming(prompt: str, response) -> bool:
+    """An answer that follows no constraint however its form looks (see the module docstring)."""
+    if not isinstance(response, str):
+        return False  # ``follows`` fails it anyway
+    return echoes_prompt(str(prompt or ""), response) or repetitive(response)
+
+
 def check_constraints(prompt: str, completion: str, instruction_id_list, kwargs) -> dict[str, float]:
     """``{constraint id: 1.0 followed / 0.0 not}`` (a repeated id gets ``#n``); malformed fields -> ``{}``."""
     if not isinstance(instruction_id_list, (list, tuple)) or not instruction_id_list:
         return {}
+    rejected = gaming(prompt, completion)
     all_kwargs = list(kwargs) if isinstance(kwargs, (list, tuple)) else []
     all_kwargs += [{}] * (len(instruction_id_list) - len(all_kwargs))
     followed: dict[str, float] = {}
     for index, (instruction_id, kw) in enumerate(zip(instruction_id_list, all_kwargs)):
         name = str(instruction_id) if str(instruction_id) not in followed else f"{instruction_id}#{index}"
-        ok = isinstance(kw, dict) and follows(str(instruction_id), completion, kw, prompt)
+        ok = not rejected and isinstance(kw, dict) and follows(str(instruction_id), completion, kw, prompt)
         followed[name] = 1.0 if ok else 0.0
     return followed
 

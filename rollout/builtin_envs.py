@@ -11,17 +11,10 @@ from __future__ import annotations
 import json
 import re
 
+from .answers import answer_matches
 from .calls import ToolCall, calls_match
 from .environments import Environment, EnvTask, ToolResult, environment
 from .tools import tool
-
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
-
-
-def last_number(text: str) -> float | None:
-    found = _NUMBER.findall(text or "")
-    return float(found[-1].replace(",", "")) if found else None
-
 
 @environment("calculator")
 class Calculator(Environment):
@@ -86,8 +79,8 @@ class Calculator(Environment):
         return EnvTask(question, {"answer": value * c}, str(value * c), [first, second])
 
     def outcome(self, final_answer: str) -> float:
-        number = last_number(final_answer)
-        return float(number is not None and abs(number - self.answer) < 1e-6)
+        """The reply's last number, standing alone, is the answer ("68 or 69" and "45 + 23" are not)."""
+        return float(answer_matches(final_answer, self.answer))
 
 
 @environment("kv_store")
@@ -100,6 +93,7 @@ class KeyValueStore(Environment):
 
     def __init__(self, data: dict | None = None, goal: dict | None = None, answer: str | None = None):
         self.data = dict(data or {})
+        self.initial = dict(self.data)  # what the task did not ask to change must stay as it was
         self.goal = goal or {}  # key -> value that must hold at the end (None: the key must be gone)
         self.answer = answer
 
@@ -155,11 +149,15 @@ class KeyValueStore(Environment):
                        [{"name": "delete_key", "arguments": {"key": [key]}}])
 
     def outcome(self, final_answer: str) -> float:
-        for key, value in self.goal.items():
-            if self.data.get(key) != value:
-                return 0.0
+        """The goal keys hold their goal values, every other key is untouched, and a "get" task's reply
+        states the value (whole-answer match; a reply naming other values of the store is a list of guesses)."""
+        wanted = {key: value for key, value in self.initial.items() if key not in self.goal}
+        wanted |= {key: value for key, value in self.goal.items() if value is not None}
+        if self.data != wanted:
+            return 0.0
         if self.answer is not None:
-            return float(self.answer.lower() in (final_answer or "").lower())
+            others = {*self.VALUES, *self.initial.values()}
+            return float(answer_matches(final_answer, self.answer, others))
         return 1.0
 
 
@@ -224,7 +222,8 @@ class CorpusSearch(Environment):
         return EnvTask(prefix + question, {"answer": answer}, answer, [{"name": "search", "arguments": None}])
 
     def outcome(self, final_answer: str) -> float:
-        return float(self.answer.lower() in (final_answer or "").lower())
+        """The reply states the fact as its answer (``rollout.answers``): never a substring, never a list."""
+        return float(answer_matches(final_answer, self.answer))
 
 
 @environment("schemas")
@@ -255,4 +254,5 @@ class SchemaTools(Environment):
         return ToolResult(json.dumps({"status": "ok"}))
 
     def outcome(self, final_answer: str) -> float:
+        """Exactly the expected calls: every one matched, in order, and no other call made."""
         return float(bool(self.expected_calls) and calls_match(self.calls, self.expected_calls) == 1.0)

@@ -174,10 +174,26 @@ def _as_call(item) -> ToolCall | None:
 
 
 def calls_match(calls: list[dict], expected: list[dict]) -> float:
-    """Share of ``expected`` calls (BFCL possible-answer style) that ``calls`` match, position by position."""
+    """``matched / max(len(expected), len(calls))``: every call counts, so extra calls lower the score.
+
+    ``matched`` is the longest in-order pairing of made calls with ``expected`` ones
+    (BFCL possible-answer style, ``call_matches``): a junk call before or between the
+    right ones costs its share but does not shift the rest out of place. Dividing by
+    the larger count is precision and recall at once: ``[right, junk, junk]`` against
+    ``[right]`` scores 1/3, ``[right]`` against ``[right, other]`` scores 1/2.
+    """
     if not expected:
         return 0.0
-    return sum(call_matches(got, want) for got, want in zip(calls, expected)) / len(expected)
+    return _in_order_matches(calls, expected) / max(len(expected), len(calls))
+
+
+def _in_order_matches(calls: list[dict], expected: list[dict]) -> int:
+    """The longest common subsequence of ``calls`` and ``expected`` under ``call_matches`` (a small table)."""
+    best = [[0] * (len(expected) + 1) for _ in range(len(calls) + 1)]
+    for i, got in enumerate(calls):
+        for j, want in enumerate(expected):
+            best[i + 1][j + 1] = best[i][j] + 1 if call_matches(got, want) else max(best[i][j + 1], best[i + 1][j])
+    return best[-1][-1]
 
 
 def call_matches(call: dict, expected: dict) -> bool:

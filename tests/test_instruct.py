@@ -23,7 +23,7 @@ CASES = [
     ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "Intro:\n* a\n- b", "* a\n* b\n* c"),
     ("keywords:existence", {"keywords": ["river", "maple"]}, "A maple by the river.", "A maple by the sea."),
     ("keywords:forbidden_words", {"forbidden_words": ["very"]}, "It is quite nice.", "It is Very nice."),
-    ("keywords:frequency", {"keyword": "echo", "frequency": 2, "relation": "at least"}, "echo, Echo!", "echo once"),
+    ("keywords:frequency", {"keyword": "echo", "frequency": 2, "relation": "at least"}, "An echo, then another Echo!", "echo once"),
     ("detectable_format:json_format", {}, '```json\n{"a": 1}\n```', "{a: 1}"),
     ("detectable_format:title", {}, "<<Morning Light>>\nText.", "<< >> no title"),
     ("detectable_format:multiple_sections", {"num_sections": 2, "section_spliter": "Part"}, "Part 1\nx\nPart 2\ny", "Part 1\nx"),
