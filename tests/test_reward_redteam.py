@@ -62,7 +62,7 @@ def test_math_gaming_scores_zero(completion, gold):
 
 def test_math_heldout_scorer_refuses_the_same_gaming():
     from specialists.math_task import MathTask
-    from specialists.task import Problem
+    from posttrain.core.tasks import Problem
 
     cases = [("7 + 5 = 12", "12", 1.0)] + [(completion, gold, 0.0) for _, completion, gold in MATH_GAMING]
     problems = [Problem(QUESTION, {"answer": gold}) for _, gold, _ in cases]
