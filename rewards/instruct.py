@@ -29,6 +29,7 @@ import json
 import re
 from collections.abc import Callable
 
+from .ifbench_lib import ifbench_modules  # IFBench itself is imported on first use
 from .registry import RewardResult, reward
 
 _WORD = re.compile(r"\b\w+\b")
@@ -200,8 +201,6 @@ CHECKERS: dict[str, Callable[..., bool]] = {
 
 def _ifbench_follows(instruction_id: str, response: str, kwargs: dict, prompt: str) -> bool:
     """IFBench's strict check of one instruction, as ``evaluation_lib`` runs it."""
-    from .ifbench_lib import ifbench_modules
-
     checker = ifbench_modules().registry.INSTRUCTION_DICT[instruction_id](instruction_id)
     checker.build_description(**{k: v for k, v in kwargs.items() if v is not None})
     args = checker.get_instruction_args()
