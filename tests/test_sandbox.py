@@ -49,7 +49,7 @@ def _sandbox_processes() -> list[int]:
         if entry.name.isdigit():
             try:
                 with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
-                    if b"def _boot()" in handle.read():
+                    if b"def enter_minimal_root" in handle.read():
                         found.append(int(entry.name))
             except OSError:
                 continue
