@@ -17,9 +17,9 @@ At every level: a separate process group killed (SIGKILL) at the end and on time
 wall-clock timeout; rlimits on CPU seconds, address space, processes, file size, open
 files, no core dumps; a scrubbed environment and ``python -I -S``; stdin /dev/null; as
 root, throwaway uids (never root; one for the judge, another for the solution). What
-each isolation level adds (``bwrap`` > ``unshare`` > ``rlimits``) is in docs/sandbox.md
+each isolation level adds (``bwrap`` > ``unshare`` > ``landlock`` > ``rlimits``) is in docs/sandbox.md
 and ``rewards/sandbox_levels.py``. The level is detected once (``sandbox_isolation()``);
-``POSTTRAIN_SANDBOX=bwrap|unshare|rlimits`` forces one (an error if it does not work).
+``POSTTRAIN_SANDBOX=bwrap|unshare|landlock|rlimits`` forces one (an error if it does not work).
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def _run(level: str, mode: str, solution: str, rest: bytes, limits: SandboxLimit
     """Start the bootstrap at ``level``; stdin holds the solution's length, the solution, then ``rest``
     (the marker or the tests), which the bootstrap reads only after the solution's process split off."""
     uids = _throwaway_uids() if IS_ROOT else (-1, -1)
-    workdir = _make_workdir(uids[1]) if level == "rlimits" else None
+    workdir = _make_workdir(uids[1]) if level in ("landlock", "rlimits") else None
     start = time.perf_counter()
     files = [tempfile.TemporaryFile() for _ in range(4)]
     stdin, stdout, stderr, verdict = files
@@ -212,7 +212,7 @@ def _run(level: str, mode: str, solution: str, rest: bytes, limits: SandboxLimit
                   "verdict_fd": verdict.fileno(), "preimport": list(preimport)}
         try:
             process = subprocess.Popen(
-                command(level, config, limits.tmpfs_mb << 20), stdin=stdin, stdout=stdout, stderr=stderr,
+                command(level, config, limits.tmpfs_mb << 20, workdir), stdin=stdin, stdout=stdout, stderr=stderr,
                 pass_fds=(verdict.fileno(),), cwd=workdir or "/", env=_scrubbed_env(workdir or CWD),
                 start_new_session=True,
             )
@@ -221,7 +221,7 @@ def _run(level: str, mode: str, solution: str, rest: bytes, limits: SandboxLimit
         timed_out = not _wait_exit(process.pid, limits.timeout_s)
         _kill_group(process.pid)
         returncode = process.wait()
-        if level == "rlimits" and uids[0] >= 0:
+        if workdir and uids[0] >= 0:
             for uid in uids:
                 _kill_uid(uid)  # no pid namespace: catch what escaped the group with setsid()
         seconds = time.perf_counter() - start
@@ -247,7 +247,7 @@ def _read_verdict(handle) -> dict | None:
 
 def _limit_values(level: str, limits: SandboxLimits) -> list[int]:
     nproc = limits.max_processes
-    if level == "rlimits" and not IS_ROOT:
+    if level in ("landlock", "rlimits") and not IS_ROOT:
         nproc += _own_task_count()  # RLIMIT_NPROC counts all of our uid's tasks when we cannot switch uid
     return [limits.cpu_seconds(), limits.memory_mb << 20, nproc, limits.file_size_mb << 20, limits.open_files]
 
@@ -286,7 +286,8 @@ def _make_workdir(uid: int) -> str:
 
 
 def _scrubbed_env(home: str) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
+    # TMPDIR=home: at landlock and rlimits the private workdir is the only temp space that is the program's own
+    return {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
 
 
 def _wait_exit(pid: int, timeout_s: float) -> bool:

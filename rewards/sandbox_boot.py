@@ -96,6 +96,44 @@ def enter_minimal_root(spec):
     os.chdir(spec["cwd"])
 
 
+# Landlock (landlock.h): filesystem rights per ABI version, TCP rights (ABI 4), scopes (ABI 6).
+_FS_RIGHTS = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 5: (1 << 16) - 1}
+_FILE_RIGHTS = 1 | 2 | 4 | (1 << 14) | (1 << 15)  # execute, write, read, truncate, ioctl_dev: rights a file can hold
+_READ_RIGHTS = 1 | 4 | 8  # execute, read file, read dir
+
+
+def landlock(spec):
+    """Allow reads under ``spec["read"]``, everything under ``spec["write"]``, no TCP, no signals or abstract
+    sockets out of this process's domain: for when there are no namespaces (the ``landlock`` level)."""
+    import ctypes
+
+    libc, _ = _libc()
+    syscall = libc.syscall
+    syscall.restype = ctypes.c_long
+    abi = syscall(444, None, 0, 1)  # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    if abi < 4:
+        raise OSError(f"landlock ABI {abi} < 4 (TCP rules): this kernel cannot give the landlock level")
+    handled = _FS_RIGHTS[max(v for v in _FS_RIGHTS if v <= abi)]
+    attr = struct.pack("<QQQ", handled, 3, 3 if abi >= 6 else 0)  # net: bind+connect TCP; scope: unix+signal
+    ruleset = syscall(444, attr, 24 if abi >= 6 else 16, 0)
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+    for rights, paths in ((_READ_RIGHTS, spec["read"]), (handled, spec["write"])):
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:  # e.g. a prefix under /root the throwaway uid cannot reach anyway
+                continue
+            allowed = rights & handled if os.path.isdir(path) else rights & handled & _FILE_RIGHTS
+            rule = struct.pack("<Qi", allowed, fd)
+            if syscall(445, ruleset, 1, rule, 0) != 0:
+                raise OSError(ctypes.get_errno(), f"landlock_add_rule {path}")
+            os.close(fd)
+    if libc.prctl(38, 1, 0, 0, 0) != 0 or syscall(446, ruleset, 0) != 0:  # no_new_privs, then restrict_self
+        raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+    os.close(ruleset)
+
+
 def set_limits(cpu, memory, nproc, fsize, nofile):
     for limit, soft, hard in ((resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_AS, memory, memory),
                               (resource.RLIMIT_NPROC, nproc, nproc), (resource.RLIMIT_FSIZE, fsize, fsize),
@@ -323,6 +361,8 @@ def judge(source, config):
         close_all_but(to_solution, from_solution)  # the verdict fd and the judge's pipe ends among them
         try:
             drop_privileges(solution_uid, shield=False)
+            if config.get("landlock"):
+                landlock(config["landlock"])
             serve(source, to_solution, from_solution)
         finally:
             os._exit(1)
@@ -331,6 +371,8 @@ def judge(source, config):
     del source
     drop_privileges(judge_uid, shield=True)
     checker = json.loads(read_rest())
+    if config.get("landlock"):
+        landlock(config["landlock"])  # its own domain: the solution's cannot signal into it
     try:
         verdict = run_checker(checker, Channel(replies, requests))
     except Exception as error:  # noqa: BLE001 - e.g. the checker's own code failed to load
@@ -354,6 +396,8 @@ def main():
     if config["mode"] == "judge":
         judge(source, config)
     drop_privileges(config["uids"][1], shield=False)
+    if config.get("landlock"):
+        landlock(config["landlock"])
     run_program(source)
 
 

@@ -17,7 +17,7 @@ import shutil
 import stat
 import sys
 
-LEVELS = ("bwrap", "unshare", "rlimits")
+LEVELS = ("bwrap", "unshare", "landlock", "rlimits")
 IS_ROOT = os.geteuid() == 0
 CWD = "/sandbox"
 SCRATCH = ("/tmp", "/var/tmp", "/dev/shm", CWD)  # private, size-capped, gone with the sandbox
@@ -50,8 +50,12 @@ def visible_paths() -> tuple[tuple[str, ...], ...]:
     return tuple(entries)
 
 
-def command(level: str, config: dict, tmpfs_bytes: int) -> list[str]:
-    """The command line that runs the bootstrap with ``config`` at ``level``."""
+def command(level: str, config: dict, tmpfs_bytes: int, workdir: str | None) -> list[str]:
+    """The command line that runs the bootstrap with ``config`` at ``level`` (``workdir``: the host dir
+    that is the program's cwd at ``landlock`` and ``rlimits``)."""
+    if level == "landlock":
+        readable = [path for kind, path in visible_paths() if kind != "link"]
+        config = {**config, "landlock": {"read": readable, "write": [workdir, *DEV_NODES]}}
     if level == "unshare":
         config = {**config, "root": {"paths": [*visible_paths(), *(("file", node) for node in DEV_NODES)],
                                      "scratch": list(SCRATCH), "tmpfs_bytes": tmpfs_bytes, "cwd": CWD}}
@@ -94,7 +98,7 @@ def interpreter(level: str) -> str | None:
     """Our base interpreter. At ``rlimits`` as root, one the throwaway uid may read (e.g. /usr/bin/python3):
     the other levels bind the interpreter's prefix into their own tree, readable by any uid."""
     base = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
-    if level != "rlimits" or not IS_ROOT:
+    if level in ("bwrap", "unshare") or not IS_ROOT:
         return base
     for candidate in (base, shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")):
         if candidate and _others_can_use(os.path.realpath(candidate)):
