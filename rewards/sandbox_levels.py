@@ -22,6 +22,18 @@ IS_ROOT = os.geteuid() == 0
 CWD = "/sandbox"
 SCRATCH = ("/tmp", "/var/tmp", "/dev/shm", CWD)  # private, size-capped, gone with the sandbox
 DEV_NODES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+# What each level guarantees on top of what every level gives (docs/sandbox.md says it in words;
+# tests/test_sandbox_redteam.py checks each claim at every level present and skips, loudly, the rest).
+GUARANTEES: dict[str, frozenset[str]] = {
+    "bwrap": frozenset({"private_temp", "capped_temp", "host_writes_blocked", "host_files_hidden", "no_network",
+                        "no_udp", "own_processes_only"}),
+    "unshare": frozenset({"private_temp", "capped_temp", "host_writes_blocked", "host_files_hidden", "no_network",
+                          "no_udp", "own_processes_only"}),
+    # no namespaces: Landlock denies paths outside an allow-list, TCP bind/connect and /proc (not UDP).
+    "landlock": frozenset({"private_temp", "host_writes_blocked", "host_files_hidden", "no_network",
+                           "own_processes_only"}),
+    "rlimits": frozenset(),
+}
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _BOOT_SOURCE = open(os.path.join(os.path.dirname(__file__), "sandbox_boot.py"), encoding="utf-8").read()
 
