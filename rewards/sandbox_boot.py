@@ -20,20 +20,18 @@ The solution therefore never holds the tests, the judge's memory or the verdict 
 shadowed builtins, always-equal objects, forged output and early exits change nothing here.
 """
 
+import _pickle  # the C pickler alone: ``pickle`` and ``json`` would import ``re`` on every run
 import builtins
-import json
-import keyword
+import marshal
 import os
-import pickle
 import resource
-import struct
 import sys
 
 _MS = {"rdonly": 1, "nosuid": 2, "nodev": 4, "noexec": 8, "remount": 32, "bind": 4096, "rec": 16384}
 # statvfs flags a remount inside a user namespace must keep (the kernel locks them), as mount flags.
 _LOCKED = ((2, 2), (4, 4), (8, 8), (1024, 1024), (2048, 2048), (4096, 1 << 21))
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
-_FRAME = struct.Struct("<Q")
+_FRAME_BYTES = 8
 _MAX_FRAME = 64 << 20
 _DEV_NODES = ("null", "zero", "full", "random", "urandom")
 
@@ -106,6 +104,7 @@ def landlock(spec):
     """Allow reads under ``spec["read"]``, everything under ``spec["write"]``, no TCP, no signals or abstract
     sockets out of this process's domain: for when there are no namespaces (the ``landlock`` level)."""
     import ctypes
+    import struct
 
     libc, _ = _libc()
     syscall = libc.syscall
@@ -213,17 +212,17 @@ def run_program(source):
 
 
 def send(fd, data):
-    view = memoryview(_FRAME.pack(len(data)) + data)
+    view = memoryview(len(data).to_bytes(_FRAME_BYTES, "little") + data)
     while view:
         view = view[os.write(fd, view):]
 
 
 def receive(fd):
     """One frame's bytes, or None at end of stream."""
-    head = read_exactly(fd, _FRAME.size)
-    if len(head) < _FRAME.size:
+    head = read_exactly(fd, _FRAME_BYTES)
+    if len(head) < _FRAME_BYTES:
         return None
-    size = _FRAME.unpack(head)[0]
+    size = int.from_bytes(head, "little")
     if size > _MAX_FRAME:
         raise ValueError(f"reply of {size} bytes is too large")
     data = read_exactly(fd, size)
@@ -236,34 +235,34 @@ def serve(source, requests, replies):
     try:
         exec(compile(source, "<solution>", "exec"), namespace)
         names = [name for name, value in list(namespace.items()) if isinstance(name, str) and callable(value)]
-        send(replies, pickle.dumps(("ready", names)))
+        send(replies, _pickle.dumps(("ready", names)))
     except BaseException as error:  # SystemExit too: the function was never defined
         import traceback
 
         traceback.print_exc()
         sys.stderr.flush()
-        send(replies, pickle.dumps(("broken", type(error).__name__)))
+        send(replies, _pickle.dumps(("broken", type(error).__name__)))
         os._exit(1)
     while (request := receive(requests)) is not None:
-        name, args, kwargs = pickle.loads(request)  # from the judge: trusted
+        name, args, kwargs = _pickle.loads(request)  # from the judge: trusted
         try:
-            reply = pickle.dumps(("ok", namespace[name](*args, **kwargs)), protocol=5)
+            reply = _pickle.dumps(("ok", namespace[name](*args, **kwargs)), protocol=5)
         except BaseException as error:  # noqa: BLE001 - the judge decides what an error means
             try:
-                reply = pickle.dumps(("raise", type(error).__name__, str(error)[:500]))
+                reply = _pickle.dumps(("raise", type(error).__name__, str(error)[:500]))
             except BaseException:  # noqa: BLE001
-                reply = pickle.dumps(("raise", "Exception", "unprintable error"))
+                reply = _pickle.dumps(("raise", "Exception", "unprintable error"))
         send(replies, reply)
     os._exit(0)
 
 
-class PlainData(pickle.Unpickler):
+class PlainData(_pickle.Unpickler):
     """Builds builtin values only: no class of the solution's, so no ``__eq__`` of its making."""
 
     def find_class(self, module, name):
         if module == "builtins" and name in ("complex", "bytearray", "set", "frozenset", "slice", "range"):
             return getattr(builtins, name)
-        raise pickle.UnpicklingError(f"{module}.{name}: the solution returned something that is not plain data")
+        raise _pickle.UnpicklingError(f"{module}.{name}: the solution returned something that is not plain data")
 
 
 class CandidateError(Exception):
@@ -282,7 +281,7 @@ class Channel:
         return None
 
     def call(self, name, args, kwargs):
-        send(self.requests, pickle.dumps((name, args, kwargs)))  # TypeError for non-data arguments
+        send(self.requests, _pickle.dumps((name, args, kwargs)))  # TypeError for non-data arguments
         data = receive(self.replies)
         if data is None:
             raise CandidateError("the solution process ended during a call")
@@ -321,6 +320,9 @@ def run_checker(checker, channel):
     namespace = {"__name__": "__main__"}
     exec(compile(checker.get("prelude", ""), "<prelude>", "exec"), namespace)  # the problem's own helpers
     entry = checker.get("entry_point")
+    if not entry:
+        import keyword
+
     wanted = [entry] if entry else [n for n in names if n.isidentifier() and not keyword.iskeyword(n)
                                     and not n.startswith("_") and not hasattr(builtins, n) and n not in namespace]
     for name in wanted:
@@ -370,7 +372,7 @@ def judge(source, config):
     os.close(from_solution)
     del source
     drop_privileges(judge_uid, shield=True)
-    checker = json.loads(read_rest())
+    checker = marshal.loads(read_rest())  # from the host: trusted
     if config.get("landlock"):
         landlock(config["landlock"])  # its own domain: the solution's cannot signal into it
     try:
@@ -378,12 +380,12 @@ def judge(source, config):
     except Exception as error:  # noqa: BLE001 - e.g. the checker's own code failed to load
         sys.stderr.write(f"judge: {type(error).__name__}: {error}\n")
         verdict = {"passed": 0, "total": 0, "loaded": False}
-    os.write(config["verdict_fd"], json.dumps(verdict).encode())
+    os.write(config["verdict_fd"], b"%d %d" % (verdict["passed"], verdict["total"]))
     os._exit(0)
 
 
 def main():
-    config = json.loads(sys.argv[1])
+    config = marshal.loads(bytes.fromhex(sys.argv[1]))  # from the host: trusted
     if config.get("root"):
         enter_minimal_root(config["root"])
     set_limits(*config["limits"])

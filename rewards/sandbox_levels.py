@@ -11,7 +11,7 @@ guarantees is in docs/sandbox.md.
 from __future__ import annotations
 
 import functools
-import json
+import marshal
 import os
 import shutil
 import stat
@@ -71,7 +71,7 @@ def command(level: str, config: dict, tmpfs_bytes: int, workdir: str | None) -> 
     if level == "unshare":
         config = {**config, "root": {"paths": [*visible_paths(), *(("file", node) for node in DEV_NODES)],
                                      "scratch": list(SCRATCH), "tmpfs_bytes": tmpfs_bytes, "cwd": CWD}}
-    python = [interpreter(level), "-I", "-S", "-u", "-c", _BOOT_SOURCE, json.dumps(config)]
+    python = [interpreter(level), "-I", "-S", "-u", "-c", _BOOT_SOURCE, marshal.dumps(config).hex()]
     if level == "bwrap":
         return [find_tool("bwrap"), *_bwrap_args(tmpfs_bytes), *python]
     if level == "unshare":
