@@ -155,7 +155,14 @@ def drop_privileges(uid, shield):
     check(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")
     check(libc.prctl(38, 1, 0, 0, 0), "no_new_privs")  # PR_SET_NO_NEW_PRIVS
     if shield:
-        check(libc.prctl(4, 0, 0, 0, 0), "not dumpable")  # PR_SET_DUMPABLE 0
+        not_dumpable()
+
+
+def not_dumpable():
+    """PR_SET_DUMPABLE 0: same-uid processes without CAP_SYS_PTRACE can no longer trace us or open our
+    /proc/<pid>/mem or fd/. (As root the judge needs none: changing uid already clears the flag.)"""
+    libc, check = _libc()
+    check(libc.prctl(4, 0, 0, 0, 0), "not dumpable")
 
 
 def read_exactly(fd, count):
@@ -355,6 +362,8 @@ def close_all_but(*keep):
 
 def judge(source, config):
     judge_uid, solution_uid = config["uids"]
+    if judge_uid < 0:
+        not_dumpable()  # before the fork: a same-uid solution must never get a moment to attach to the judge
     to_solution, requests = os.pipe()
     replies, from_solution = os.pipe()
     if os.fork() == 0:
