@@ -18,10 +18,11 @@ problem's ``check(entry_point)``. Every method runs the identical program text, 
 Rounds alternate the methods so load from other processes hits them alike; the
 table shows each method's best round. Target: sandbox <= 2x ``subprocess -I -S``.
 
-Measured (2-core CPU, bwrap 0.8, ``--problems 30 --rounds 3``, 63 programs, timeout 1 s):
-bwrap 13.7 evals/s vs plain subprocess 15.2 (1.11x the time on the mix; on passing and
-failing programs alone 24.5 / 28.6 ms vs 18.7 / 19.3 ms, 1.40x); unshare 1.02x,
-rlimits 1.01x; in-process exec (no isolation) 0.73x.
+Measured (2-core CPU shared with other jobs, bwrap 0.8, ``--problems 30 --rounds 3``, 63 programs,
+timeout 1 s), before the judge (load 1.6): bwrap 1.18x the plain subprocess on the mix, unshare
+1.09x, rlimits 1.18x (pass/fail ~37-48 ms vs ~29 ms). With the judge (load 5.3-7.4, so absolute
+times are ~2x): judged[bwrap] 1.12x on the mix (pass/fail ~71-76 ms vs ~59-61 ms plain),
+judged[unshare] 1.25x, judged[landlock] 1.01x, judged[rlimits] 1.22x; in-process exec 0.46x.
 """
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ def _run(level: str, mode: str, solution: str, rest: bytes, limits: SandboxLimit
         for handle in files:
             handle.close()
         if workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(workdir, onerror=_force_remove)
     status = _status(level, returncode, timed_out, err, counts if mode == "judge" else True)
     return SandboxResult(status, returncode, _text(out), _text(err), seconds, level), counts
 
@@ -282,6 +282,19 @@ def _make_workdir(uid: int) -> str:
     if uid >= 0:
         os.chown(workdir, uid, uid)
     return workdir
+
+
+def _force_remove(function, path: str, _error) -> None:
+    """A program may leave dirs it made unreadable (chmod 0): make the parent ours again and retry."""
+    try:
+        os.chmod(os.path.dirname(path), 0o700)
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o700)
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            function(path)
+    except OSError:
+        log.warning("sandbox: could not remove %s", path)
 
 
 def _scrubbed_env(home: str) -> dict[str, str]:
