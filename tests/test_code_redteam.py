@@ -102,9 +102,10 @@ def level(request, monkeypatch):
 
 
 def _scores(completion: str, **fields) -> tuple[float, float]:
-    full = resolve_reward("code_tests")("q", completion, **fields).score
-    partial = resolve_reward("code_tests_partial")("q", completion, **fields).score
-    return full, partial
+    """(code_tests, code_tests_partial) from one sandbox run: code_tests' score is the partial
+    reward's ``passed`` component (both wrap ``run_problem``; one run keeps the suite quick)."""
+    partial = resolve_reward("code_tests_partial")("q", completion, **fields)
+    return partial.components["passed"], partial.score
 
 
 @pytest.mark.parametrize("cheat", sorted(ASSERT_CHEATS))
