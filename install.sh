@@ -25,5 +25,14 @@ python -m pip install nltk emoji syllapy langdetect immutabledict
 if [[ "$target" == "cpu" ]]; then
   python -m pip uninstall -y torchvision torchaudio torchcodec || true
 fi
-command -v bwrap >/dev/null || echo "note: install bubblewrap (apt-get install bubblewrap) for the strongest code sandbox (rewards/sandbox.py)" >&2
+# The code sandbox's strongest level needs bubblewrap (docs/sandbox.md). As root with apt (CI, containers)
+# install it; a failure here is not fatal: the sandbox falls back to a weaker level and says which.
+if ! command -v bwrap >/dev/null; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; } >/dev/null 2>&1 \
+      || echo "note: apt-get install bubblewrap failed; the code sandbox will use a weaker level (docs/sandbox.md)" >&2
+  else
+    echo "note: for the strongest code sandbox: sudo apt-get install bubblewrap (docs/sandbox.md)" >&2
+  fi
+fi
 python -c "import vllm, transformers, posttrain; print('posttrain installed: vllm', vllm.__version__, '| transformers', transformers.__version__)"

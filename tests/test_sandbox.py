@@ -20,6 +20,7 @@ from rewards.sandbox import (
     run_python,
     sandbox_isolation,
 )
+from rewards.sandbox_levels import GUARANTEES
 
 QUICK = SandboxLimits(timeout_s=1.5)
 SECRET_NAME = "POSTTRAIN_TEST_SECRET"
@@ -49,7 +50,7 @@ def _sandbox_processes() -> list[int]:
         if entry.name.isdigit():
             try:
                 with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
-                    if b"def _boot()" in handle.read():
+                    if b"def enter_minimal_root" in handle.read():
                         found.append(int(entry.name))
             except OSError:
                 continue
@@ -114,8 +115,8 @@ def test_memory_bomb_fails(level):
 
 
 def test_network_is_unreachable(level, listener):
-    if level == "rlimits":
-        pytest.skip("SKIPPED LOUDLY: the rlimits level has no network namespace (documented in rewards/sandbox.py)")
+    if "no_network" not in GUARANTEES[level]:
+        pytest.skip(f"SKIPPED LOUDLY: the {level} level does not block the network (docs/sandbox.md)")
     port = listener.getsockname()[1]
     program = (
         "import socket\nreached = []\n"
@@ -132,7 +133,7 @@ def test_network_is_unreachable(level, listener):
 
 def test_writes_outside_its_dir_do_not_land(level, tmp_path):
     if level == "rlimits" and os.geteuid() != 0:
-        pytest.skip("SKIPPED LOUDLY: the rlimits level as a normal user writes wherever you can (documented)")
+        pytest.skip("SKIPPED LOUDLY: the rlimits level as a normal user writes wherever you can (docs/sandbox.md)")
     os.chmod(tmp_path, 0o700)
     targets = [tmp_path / "escaped.txt", os.path.join(os.path.dirname(__file__), "escaped.txt")]
     program = (
