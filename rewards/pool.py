@@ -124,7 +124,10 @@ class WorkerPool:
             warm = worker.ready and job.function in worker.loaded
             limit = job.timeout_s + grace_s if warm else START_TIMEOUT_S
             worker.running = _Running(job, [call[0] for call in job.calls], now + limit)
-            worker.conn.send(job)
+            try:
+                worker.conn.send(job)
+            except OSError:
+                pass  # it died just now: _check finds it dead and deals with the job
 
     def _check(self, worker: _Worker, queue: deque, grace_s: float, on_outcome: OnOutcome) -> None:
         """Take the worker's reports; then deal with its death or its overrun."""
@@ -159,7 +162,7 @@ class WorkerPool:
                     worker.running = None
                 elif not running.job.is_async:  # the next call starts now: its own timeout
                     self._restart_clock(worker, grace_s)
-        except (EOFError, OSError):
+        except Exception:  # noqa: BLE001 - EOF, or a pipe a plugin wrote garbage into: the worker is lost
             return False
         return True
 
@@ -190,11 +193,15 @@ class WorkerPool:
             queue.appendleft(replace(job, calls=rest[1:]))
 
     def _reset_busy(self) -> None:
-        """After an error in the parent mid-batch: no worker may carry a stale job into the next batch."""
-        for slot, worker in enumerate(self._workers):
+        """After an error (or Ctrl-C) in the parent mid-batch: no worker may carry a stale job into the next batch.
+
+        Busy workers are stopped, not replaced: ``_dispatch`` replaces dead ones when
+        work comes, and spawning here could mask the error being raised.
+        """
+        for worker in self._workers:
             if worker.running:
+                worker.running = None
                 _stop(worker)
-                self._workers[slot] = self._spawn()
 
 
 def _stop(worker: _Worker) -> None:

@@ -100,7 +100,7 @@ def score_locally(reward_specs: Sequence, samples: list[Sample], fns: dict | Non
     if samples:
         pool = shared_pool()
         pool.run(_jobs(specs, samples, fns, pool.size), grace_s, on_outcome)
-    return _collect(specs, outcomes)
+    return _collect(specs, outcomes, len(samples))
 
 
 def score_batch(reward_specs: Sequence, samples: list[Sample], chunks: int | None = None,
@@ -145,14 +145,13 @@ def _pickled(fn) -> bytes:
     return cloudpickle.dumps(fn)
 
 
-def _collect(specs: list[WeightedReward], outcomes: list[list[Outcome | None]]) -> ScoredBatch:
+def _collect(specs: list[WeightedReward], outcomes: list[list[Outcome | None]], count: int) -> ScoredBatch:
     names = [spec.name for spec in specs]
     batch = ScoredBatch([], {n: [] for n in names}, dict.fromkeys(names, 0), dict.fromkeys(names, 0),
                         reasons={n: {} for n in names})
     for name, row in zip(names, outcomes):
         for outcome in row:
             _record(batch, name, outcome or failure("crashed", "no outcome came back (a scoring bug)"))
-    count = len(outcomes[0]) if outcomes else 0
     batch.scores = [sum(spec.weight * batch.per_reward[spec.name][i] for spec in specs) for i in range(count)]
     return batch
 

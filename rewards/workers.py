@@ -148,6 +148,7 @@ def _adopt_paths(job: Job) -> None:
 def call_sync(fn, prompt: str, completion: str, fields: dict, timeout_s: float) -> Outcome:
     """Run one call under a ``SIGALRM`` timer (interrupts pure Python and sleeps; C code may ignore it)."""
     previous = signal.signal(signal.SIGALRM, _raise_timeout)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGALRM])  # an earlier call may have blocked it
     try:
         try:
             signal.setitimer(signal.ITIMER_REAL, timeout_s)
