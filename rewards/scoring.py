@@ -120,8 +120,10 @@ def score_batch(reward_specs: Sequence, samples: list[Sample], chunks: int | Non
 def _jobs(specs: list[WeightedReward], samples: list[Sample], fns: dict, workers: int) -> list[Job]:
     """Each reward's calls in a few jobs per worker.
 
-    Sync calls in small jobs, so a slow one does not hold a whole share of the
-    batch; async ones in one job per worker, which runs them all concurrently.
+    Sync calls in two jobs per worker: few round trips to the parent (each one a
+    gap in which the worker waits), yet a worker done early takes the next job.
+    A hang costs one call, not its job: the rest of the job is requeued. Async
+    calls in one job per worker, which runs them all concurrently.
     """
     calls = [(index, sample.prompt, sample.completion, sample.fields) for index, sample in enumerate(samples)]
     path, cwd = list(sys.path), os.getcwd()
@@ -129,7 +131,7 @@ def _jobs(specs: list[WeightedReward], samples: list[Sample], fns: dict, workers
     for reward_index, spec in enumerate(specs):
         fn = fns[spec.name]
         is_async = inspect.iscoroutinefunction(fn)
-        size = -(-len(calls) // workers) if is_async else max(1, min(16, -(-len(calls) // (2 * workers))))
+        size = -(-len(calls) // (workers if is_async else 2 * workers))
         for start in range(0, len(calls), size):
             jobs.append(Job(reward_index, _pickled(fn), is_async, spec.timeout_s, calls[start : start + size], path, cwd))
     return jobs
