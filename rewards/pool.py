@@ -68,7 +68,6 @@ class _Worker:
     ready: bool = False
     running: _Running | None = None
     loaded: set[bytes] = field(default_factory=set)  # functions this worker has imported (its cache)
-    started: float = field(default_factory=time.monotonic)
 
 
 class WorkerPool:
@@ -138,10 +137,10 @@ class WorkerPool:
             worker.process.join(timeout=1.0)
             self._lost(worker, queue, on_outcome, "crashed", f"the worker process died ({_exit_reason(worker.process)})")
         elif time.monotonic() > worker.running.deadline:
-            what = f"still running {worker.running.job.timeout_s + grace_s:.1f}s after it started"
-            if not worker.ready:
-                what = f"the worker did not start within {START_TIMEOUT_S:.0f}s"
-            self._lost(worker, queue, on_outcome, "timeout", f"{what} (ignored its timeout); worker killed")
+            what = f"still running {worker.running.job.timeout_s + grace_s:.1f}s after it started (ignored its timeout)"
+            if not worker.ready or worker.running.job.function not in worker.loaded:
+                what = f"the worker did not start, or import the reward, within {START_TIMEOUT_S:.0f}s"
+            self._lost(worker, queue, on_outcome, "timeout", f"{what}; worker killed")
 
     def _drain(self, worker: _Worker, grace_s: float, on_outcome: OnOutcome) -> bool:
         """Read every report waiting on the worker's pipe; False once the pipe is closed."""

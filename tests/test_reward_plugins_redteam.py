@@ -1,8 +1,8 @@
-"""Red-team reward plugins: each misbehaves on the odd samples of a batch.
+"""Red-team reward plugins: each misbehaves on sample 1 of a three-sample batch.
 
 Beside every one runs a healthy reward whose scores (and components) must come
-back exactly; the bad plugin's even samples must keep their score too. What the
-bad plugin costs is its own odd samples: scored 0, counted as failures with a
+back exactly; the bad plugin's samples 0 and 2 must keep their score too. What
+the bad plugin costs is its own sample 1: scored 0, counted as failures with a
 reason, and a bounded line in the log. Timeouts are small so the file runs in
 seconds; the worker pool is shared by the whole test session.
 """
@@ -24,7 +24,7 @@ TIMEOUT_S = 0.3  # for the plugins that hang; the others get SLACK_S, so a loade
 SLACK_S = 5.0
 GRACE_S = 0.5
 HUGE = 50 * 1024 * 1024
-HEALTHY = [0.5 + index / 8 for index in range(4)]
+HEALTHY = [0.5 + index / 8 for index in range(3)]  # sample 1 is the one the bad plugins misbehave on
 
 
 @reward("redteam_healthy")
@@ -137,11 +137,17 @@ CASES = [
 
 
 def _samples() -> list[Sample]:
-    return [Sample("p", "c", {"index": index}) for index in range(4)]
+    return [Sample("p", "c", {"index": index}) for index in range(3)]
 
 
 def _specs(bad: str, timeout_s: float = SLACK_S) -> list[WeightedReward]:
     return [WeightedReward(bad, 1.0, timeout_s), WeightedReward("redteam_healthy", 2.0, SLACK_S)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_pool():
+    """Start the shared pool before any case is timed: its one-time start imports torch (via ``rewards``)."""
+    score_batch([("redteam_healthy", 1.0)], _samples())
 
 
 @pytest.mark.parametrize(("bad", "reason"), CASES, ids=[name.removeprefix("redteam_") for name, _ in CASES])
@@ -151,15 +157,15 @@ def test_a_misbehaving_plugin_costs_only_its_own_samples(bad, reason, caplog):
     scored = score_batch(_specs(bad, TIMEOUT_S if reason == "timeout" else SLACK_S), _samples(), grace_s=GRACE_S)
     assert time.perf_counter() - started < 10
     assert scored.per_reward["redteam_healthy"] == HEALTHY
-    assert scored.components == {"redteam_healthy/index": [0.0, 1.0, 2.0, 3.0]}
-    assert scored.per_reward[bad] == [0.25, 0.0, 0.25, 0.0]
-    assert scored.scores == [bad_score + 2 * good for bad_score, good in zip([0.25, 0.0, 0.25, 0.0], HEALTHY)]
-    assert scored.failures == {bad: 2, "redteam_healthy": 0}
-    assert scored.timeouts == {bad: 2 if reason == "timeout" else 0, "redteam_healthy": 0}
+    assert scored.components == {"redteam_healthy/index": [0.0, 1.0, 2.0]}
+    assert scored.per_reward[bad] == [0.25, 0.0, 0.25]
+    assert scored.scores == [bad_score + 2 * good for bad_score, good in zip([0.25, 0.0, 0.25], HEALTHY)]
+    assert scored.failures == {bad: 1, "redteam_healthy": 0}
+    assert scored.timeouts == {bad: 1 if reason == "timeout" else 0, "redteam_healthy": 0}
     lines = [record.getMessage() for record in caplog.records]
     assert lines and all(len(line) < 20_000 for line in lines)
     assert all(len(error) < 10_000 for error in scored.errors)
-    assert scored.reasons == {bad: {reason: 2}, "redteam_healthy": {}}
+    assert scored.reasons == {bad: {reason: 1}, "redteam_healthy": {}}
 
 
 def test_a_huge_error_message_is_truncated_with_its_size(caplog):
@@ -174,4 +180,4 @@ def test_score_locally_survives_exit_and_hangs_in_the_caller():
              WeightedReward("redteam_healthy", 1.0, SLACK_S)]
     scored = score_locally(specs, _samples())
     assert scored.per_reward["redteam_healthy"] == HEALTHY
-    assert scored.failures == {"redteam_sys_exit": 2, "redteam_swallows_timeout_in_c": 2, "redteam_healthy": 0}
+    assert scored.failures == {"redteam_sys_exit": 1, "redteam_swallows_timeout_in_c": 1, "redteam_healthy": 0}

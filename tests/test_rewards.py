@@ -195,3 +195,17 @@ def test_functions_that_are_not_importable_travel_by_value_or_fail_as_unloadable
 
 def test_no_rewards_still_give_a_score_per_sample():
     assert score_locally([], [Sample("p", "c", {})] * 3).scores == [0.0, 0.0, 0.0]
+
+
+def test_the_rest_of_a_dead_workers_job_is_scored_elsewhere(monkeypatch):
+    import rewards.pool
+
+    pool = rewards.pool.WorkerPool(1)  # one worker: jobs of two calls, the crashing one first in its job
+    monkeypatch.setattr(rewards.pool, "_POOL", pool)
+    try:
+        samples = [Sample("p", "c", {"index": i}) for i in (1, 0, 3, 2)]
+        scored = score_locally([("test_exits_on_odd", 1.0), ("test_sleeps_on_odd", 1.0, 0.3)], samples, grace_s=0.5)
+        assert scored.per_reward == {"test_exits_on_odd": [0.0, 1.0, 0.0, 1.0], "test_sleeps_on_odd": [0.0, 1.0, 0.0, 1.0]}
+        assert scored.reasons == {"test_exits_on_odd": {"crashed": 2}, "test_sleeps_on_odd": {"timeout": 2}}
+    finally:
+        pool.close()
