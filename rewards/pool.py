@@ -135,7 +135,8 @@ class WorkerPool:
             return
         if not alive or not worker.process.is_alive():
             worker.process.join(timeout=1.0)
-            self._lost(worker, queue, on_outcome, "crashed", f"the worker process died ({_exit_reason(worker.process)})")
+            detail = f"the worker process died ({_exit_reason(worker.process)})"
+            self._lost(worker, queue, on_outcome, "crashed", detail)
         elif time.monotonic() > worker.running.deadline:
             what = f"still running {worker.running.job.timeout_s + grace_s:.1f}s after it started (ignored its timeout)"
             if not worker.ready or worker.running.job.function not in worker.loaded:

@@ -132,8 +132,9 @@ def _jobs(specs: list[WeightedReward], samples: list[Sample], fns: dict, workers
         fn = fns[spec.name]
         is_async = inspect.iscoroutinefunction(fn)
         size = -(-len(calls) // (workers if is_async else 2 * workers))
+        blob = _pickled(fn)
         for start in range(0, len(calls), size):
-            jobs.append(Job(reward_index, _pickled(fn), is_async, spec.timeout_s, calls[start : start + size], path, cwd))
+            jobs.append(Job(reward_index, blob, is_async, spec.timeout_s, calls[start : start + size], path, cwd))
     return jobs
 
 
