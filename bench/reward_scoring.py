@@ -18,14 +18,15 @@ pool's or Ray's start-up and cold imports); ``warm`` the median of the later
 rounds. Target: the pool's warm per-sample time <= 1.2x the old path's, and far
 below it.
 
-Measured here (2 cores shared with other jobs, so noisy; ``--rounds 7``):
-
-- load 5-7: 32 samples 1.28 ms/sample pool vs 3.23 old (0.40x), 0.89 loop;
-  256 samples 2.92 vs 5.59 (0.52x), 1.71 loop. Old first batch 11.8 s (Ray
-  workers start and import ``rewards``/torch), pool's 1.1 s.
-- load 13-21: 32 samples 1.76 vs 2.33 (0.76x), 1.51 loop; 256 samples 4.75 vs
-  6.72 (0.71x), 3.98 loop. Old first batch 29.7 s.
-- The pool's own cost per call, measured with a reward that returns 1.0: ~67 us.
+Measured here (2 cores shared with other agents' jobs: load 14-15, so noisy;
+``--rounds 7``, rounds alternating): warm ms/sample, pool vs old vs loop:
+32 samples 4.69 vs 24.26 vs 3.31 (pool 0.19x the old path); 256 samples 2.60
+vs 7.08 vs 4.01 (0.37x; two workers beat the one-process loop). First batch
+of a fresh process: old 25.6 s (Ray workers start and import ``rewards`` and
+torch), pool 19.5 s (the forkserver's one-time import of the same). Earlier
+runs with methods in sequence instead of alternating ranged from 0.40x (load
+5) to 1.32x (256 samples, load 10-15) the old path. The pool's own cost per
+call, with a reward that returns 1.0: ~67 us.
 """
 
 from __future__ import annotations
@@ -98,14 +99,19 @@ def worker_pool(samples) -> list[float]:
     return score_batch([("math_verify", 1.0)], samples).scores
 
 
-def measure(run, samples, rounds: int) -> tuple[float, float, list[float]]:
-    """(first batch seconds, median of the later rounds, scores)."""
-    times = []
+def measure(methods: dict, samples, rounds: int) -> dict[str, tuple[float, float, list[float]]]:
+    """Per method: (first batch seconds, median of the later rounds, scores).
+
+    Rounds alternate the methods, so load from other processes hits them alike.
+    """
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    scores: dict[str, list[float]] = {}
     for _ in range(rounds):
-        start = time.perf_counter()
-        scores = run(samples)
-        times.append(time.perf_counter() - start)
-    return times[0], statistics.median(times[1:]), scores
+        for name, run in methods.items():
+            start = time.perf_counter()
+            scores[name] = run(samples)
+            times[name].append(time.perf_counter() - start)
+    return {name: (t[0], statistics.median(t[1:]), scores[name]) for name, t in times.items()}
 
 
 def main() -> None:
@@ -126,7 +132,7 @@ def main() -> None:
           f"{'vs old':>7s}")
     for size in args.sizes:
         samples = make_samples(size)
-        results = {name: measure(run, samples, args.rounds) for name, run in methods.items()}
+        results = measure(methods, samples, args.rounds)
         expected = results["in-process loop"][2]
         for name, (first, warm, scores) in results.items():
             assert scores == expected, f"{name} scored differently"
