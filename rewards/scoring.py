@@ -1,41 +1,46 @@
-"""Score a batch of samples with weighted rewards, in parallel Ray tasks, each call under a timeout.
+"""Score a batch of samples with weighted rewards, each plugin call isolated from the caller and the batch.
 
-A reward that raises, or runs past its timeout, scores that sample as failed
-(0.0 for that reward); failures and timeouts are counted per reward and the
-first tracebacks logged, and the run goes on: a plugin bug must never kill a
-training run.
+A reward plugin is arbitrary Python: it may raise, hang, exit the interpreter,
+crash it, or return garbage. Whatever it does costs only the samples it did it
+on: each such call scores 0 for that reward and is counted (``failures``,
+``timeouts``, and ``reasons``: ``raised``, ``timeout``, ``exit``,
+``interrupt``, ``crashed``, ``non_finite``, ``not_a_number``, ``unloadable``),
+the first errors (bounded to a few KB each) go to the log, and every other
+score of the batch comes back exactly. A plugin bug must never kill a training
+run, nor poison it with a NaN.
 
-Timeouts, by kind of reward:
+Calls run in a small pool of long-lived worker processes (``rewards/pool.py``:
+warm imports, a dead worker replaced at once), each call under ``timeout_s``:
+cooperatively inside the worker (``SIGALRM`` for plain functions,
+``asyncio.wait_for`` for ``async def`` ones, which run concurrently), and, for
+a call that ignores that, by the parent killing its worker ``grace_s`` later.
 
-- ``async def`` rewards run concurrently (one event loop per chunk), each call
-  under ``asyncio.wait_for`` -- the right shape for rewards that wait on I/O
-  (an LLM judge, a remote verifier);
-- plain functions run one after another, each under a ``SIGALRM`` timer when
-  called on the main thread (Ray runs task code there), which interrupts pure
-  Python and sleeping calls;
-- a chunk whose task is still running ``grace_s`` after every reward in it
-  should have timed out (a call stuck in C code ignores the alarm) is
-  cancelled with ``ray.cancel(force=True)``: its samples score as timed out.
-
-The code reward does not rely on any of this: its program runs in the sandbox,
+No Ray here: a Ray task's start-up and cold imports cost ~100x a cheap reward
+(``bench/reward_scoring.py``). The code reward's programs run in the sandbox,
 which enforces its own limits (``rewards/sandbox.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import inspect
 import logging
-import signal
-import threading
-import traceback
+import os
+import pickle
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .registry import RewardResult, resolve_reward
+from .pool import default_size, shared_pool
+from .registry import resolve_reward
+from .workers import Job, Outcome, RewardTimeout, failure
+
+__all__ = ["RewardTimeout", "Sample", "ScoredBatch", "WeightedReward", "as_weighted", "score_batch", "score_locally"]
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_GRACE_S = 2.0  # past its timeout, how long a call that ignores it runs before its worker is killed
+MAX_LOGGED_ERRORS = 3
 
 
 @dataclass(frozen=True)
@@ -55,15 +60,12 @@ class Sample:
 @dataclass
 class ScoredBatch:
     scores: list[float]  # weighted sum per sample
-    per_reward: dict[str, list[float]]  # raw score per reward name
-    failures: dict[str, int] = field(default_factory=dict)  # raised or timed out
+    per_reward: dict[str, list[float]]  # raw score per reward name (0.0 where the call failed)
+    failures: dict[str, int] = field(default_factory=dict)  # every failed call, timeouts included
     timeouts: dict[str, int] = field(default_factory=dict)
     components: dict[str, list[float]] = field(default_factory=dict)  # "reward/component" -> values returned
-    errors: list[str] = field(default_factory=list)  # first few tracebacks, for the log
-
-
-class RewardTimeout(TimeoutError):
-    pass
+    errors: list[str] = field(default_factory=list)  # first few errors (each bounded), for the log
+    reasons: dict[str, dict[str, int]] = field(default_factory=dict)  # reward -> failure reason -> count
 
 
 def as_weighted(specs: Sequence) -> list[WeightedReward]:
@@ -79,134 +81,93 @@ def as_weighted(specs: Sequence) -> list[WeightedReward]:
     return out
 
 
-def score_locally(reward_specs: Sequence, samples: list[Sample], fns: dict | None = None) -> ScoredBatch:
-    """Score ``samples`` in this process (what each Ray task runs on its chunk).
+def score_locally(reward_specs: Sequence, samples: list[Sample], fns: dict | None = None,
+                  grace_s: float = DEFAULT_GRACE_S) -> ScoredBatch:
+    """Score ``samples`` in this machine's reward workers; nothing a plugin does reaches the caller.
 
-    ``fns`` maps reward names to functions resolved by the caller: the driver
-    resolves once and ships the functions, so a reward registered in the
-    driver's own modules is found in every Ray worker.
+    ``fns`` maps reward names to functions the caller already has (e.g. a lambda);
+    otherwise names are resolved here, so an unknown one fails in the caller.
+    Functions travel to the workers pickled: by reference when importable (the
+    caller's ``sys.path`` and working directory go along), else by value.
     """
     specs = as_weighted(reward_specs)
     fns = fns or {spec.name: resolve_reward(spec.name) for spec in specs}
-    batch = _empty(specs)
-    for spec in specs:
+    outcomes: list[list[Outcome | None]] = [[None] * len(samples) for _ in specs]
+
+    def on_outcome(reward_index: int, sample_index: int, outcome: Outcome) -> None:
+        outcomes[reward_index][sample_index] = outcome
+
+    if samples:
+        pool = shared_pool()
+        pool.run(_jobs(specs, samples, fns, pool.size), grace_s, on_outcome)
+    return _collect(specs, outcomes, len(samples))
+
+
+def score_batch(reward_specs: Sequence, samples: list[Sample], chunks: int | None = None,
+                grace_s: float = DEFAULT_GRACE_S) -> ScoredBatch:
+    """``score_locally``, then one bounded warning line when any call failed.
+
+    ``chunks`` is accepted for old callers and ignored: the pool splits the work.
+    """
+    scored = score_locally(reward_specs, samples, grace_s=grace_s)
+    if any(scored.failures.values()):
+        reasons = {name: counts for name, counts in scored.reasons.items() if counts}
+        log.warning("reward failures this batch: %s (timeouts %s; reasons %s); first: %s",
+                    scored.failures, scored.timeouts, reasons, scored.errors[0] if scored.errors else "?")
+    return scored
+
+
+def _jobs(specs: list[WeightedReward], samples: list[Sample], fns: dict, workers: int) -> list[Job]:
+    """Each reward's calls in a few jobs per worker.
+
+    Sync calls in two jobs per worker: few round trips to the parent (each one a
+    gap in which the worker waits), yet a worker done early takes the next job.
+    A hang costs one call, not its job: the rest of the job is requeued. Async
+    calls in one job per worker, which runs them all concurrently.
+    """
+    calls = [(index, sample.prompt, sample.completion, sample.fields) for index, sample in enumerate(samples)]
+    path, cwd = list(sys.path), os.getcwd()
+    jobs = []
+    for reward_index, spec in enumerate(specs):
         fn = fns[spec.name]
-        if inspect.iscoroutinefunction(fn):
-            outcomes = asyncio.run(_call_async_all(fn, samples, spec.timeout_s))
-        else:
-            outcomes = [_call_sync(fn, sample, spec.timeout_s) for sample in samples]
-        for outcome in outcomes:
-            _record(batch, spec.name, outcome)
-    batch.scores = [sum(s.weight * batch.per_reward[s.name][i] for s in specs) for i in range(len(samples))]
+        is_async = inspect.iscoroutinefunction(fn)
+        size = -(-len(calls) // (workers if is_async else 2 * workers))
+        blob = _pickled(fn)
+        for start in range(0, len(calls), size):
+            jobs.append(Job(reward_index, blob, is_async, spec.timeout_s, calls[start : start + size], path, cwd))
+    return jobs
+
+
+@functools.lru_cache(maxsize=256)
+def _pickled(fn) -> bytes:
+    """By reference when the function is importable; by value (cloudpickle) for lambdas, closures, ``__main__``."""
+    try:
+        import cloudpickle
+    except ImportError:  # plain pickle: importable functions only
+        return pickle.dumps(fn)
+    return cloudpickle.dumps(fn)
+
+
+def _collect(specs: list[WeightedReward], outcomes: list[list[Outcome | None]], count: int) -> ScoredBatch:
+    names = [spec.name for spec in specs]
+    batch = ScoredBatch([], {n: [] for n in names}, dict.fromkeys(names, 0), dict.fromkeys(names, 0),
+                        reasons={n: {} for n in names})
+    for name, row in zip(names, outcomes):
+        for outcome in row:
+            _record(batch, name, outcome or failure("crashed", "no outcome came back (a scoring bug)"))
+    batch.scores = [sum(spec.weight * batch.per_reward[spec.name][i] for spec in specs) for i in range(count)]
     return batch
 
 
-def score_batch(reward_specs: Sequence, samples: list[Sample], chunks: int = 2, grace_s: float = 5.0) -> ScoredBatch:
-    """Score ``samples`` in ``chunks`` parallel Ray tasks; merge in order; cancel chunks stuck past their timeouts."""
-    import ray
-
-    specs = as_weighted(reward_specs)
-    size = max(1, -(-len(samples) // chunks))
-    parts = [samples[i : i + size] for i in range(0, len(samples), size)]
-    task = ray.remote(num_cpus=0, max_retries=0)(score_locally)
-    fns = {spec.name: resolve_reward(spec.name) for spec in specs}
-    refs = [task.remote(specs, part, fns) for part in parts]
-    deadline = grace_s + max(len(part) for part in parts) * sum(s.timeout_s for s in specs) if parts else 0
-    done, _ = ray.wait(refs, num_returns=len(refs), timeout=deadline)
-    merged = _empty(specs)
-    for ref, part in zip(refs, parts):
-        if ref in done:
-            _merge(merged, ray.get(ref))
-            continue
-        ray.cancel(ref, force=True)
-        stuck = _empty(specs)
-        for spec in specs:
-            for _ in part:
-                _record(stuck, spec.name, RewardTimeout(f"chunk still running after {deadline:.0f}s; cancelled"))
-        stuck.scores = [0.0] * len(part)
-        _merge(merged, stuck)
-    if any(merged.failures.values()):
-        log.warning("reward failures this batch: %s (timeouts %s); first: %s",
-                    merged.failures, merged.timeouts, (merged.errors or ["?"])[0])
-    return merged
-
-
-def _call_sync(fn, sample: Sample, timeout_s: float):
-    """The reward's score, or the exception it raised (a ``RewardTimeout`` past ``timeout_s``)."""
-    use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-    if use_alarm:
-        previous = signal.signal(signal.SIGALRM, _raise_timeout)
-        signal.setitimer(signal.ITIMER_REAL, timeout_s)
-    try:
-        result = fn(sample.prompt, sample.completion, **sample.fields)
-        if inspect.isawaitable(result):  # a sync function that returned a coroutine
-            result = asyncio.run(asyncio.wait_for(_await(result), timeout_s))
-        return result
-    except Exception as error:  # noqa: BLE001 - a plugin may raise anything
-        return _with_traceback(error)
-    finally:
-        if use_alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-
-
-async def _call_async_all(fn, samples: list[Sample], timeout_s: float) -> list:
-    async def one(sample: Sample):
-        try:
-            return await asyncio.wait_for(fn(sample.prompt, sample.completion, **sample.fields), timeout_s)
-        except TimeoutError:
-            return RewardTimeout(f"async reward ran past {timeout_s}s")
-        except Exception as error:  # noqa: BLE001
-            return _with_traceback(error)
-
-    return await asyncio.gather(*(one(sample) for sample in samples))
-
-
-async def _await(awaitable):
-    return await awaitable
-
-
-def _raise_timeout(signum, frame):
-    raise RewardTimeout("reward ran past its timeout")
-
-
-def _with_traceback(error: Exception) -> Exception:
-    error.formatted = "".join(traceback.format_exception(error, limit=4))
-    return error
-
-
-def _empty(specs: list[WeightedReward]) -> ScoredBatch:
-    names = [spec.name for spec in specs]
-    return ScoredBatch([], {n: [] for n in names}, {n: 0 for n in names}, {n: 0 for n in names})
-
-
-def _record(batch: ScoredBatch, name: str, outcome) -> None:
-    """Add one call's outcome (a float, a ``RewardResult`` or an exception) to ``batch``."""
-    if isinstance(outcome, Exception):
-        batch.failures[name] += 1
-        batch.timeouts[name] += isinstance(outcome, RewardTimeout)
-        batch.per_reward[name].append(0.0)
-        if len(batch.errors) < 3:
-            detail = getattr(outcome, "formatted", f"{type(outcome).__name__}: {outcome}")
-            batch.errors.append(f"reward {name!r}: {detail}")
-        return
-    try:
-        score = float(outcome.score if isinstance(outcome, RewardResult) else outcome)
-    except (TypeError, ValueError) as error:
-        _record(batch, name, TypeError(f"returned {outcome!r}, not a number or RewardResult ({error})"))
-        return
-    batch.per_reward[name].append(score)
-    if isinstance(outcome, RewardResult):
+def _record(batch: ScoredBatch, name: str, outcome: Outcome) -> None:
+    if outcome.reason is None:
+        batch.per_reward[name].append(outcome.score)
         for component, value in outcome.components.items():
-            batch.components.setdefault(f"{name}/{component}", []).append(float(value))
-
-
-def _merge(into: ScoredBatch, part: ScoredBatch) -> None:
-    into.scores += part.scores
-    for name in into.per_reward:
-        into.per_reward[name] += part.per_reward[name]
-        into.failures[name] += part.failures[name]
-        into.timeouts[name] += part.timeouts[name]
-    for key, values in part.components.items():
-        into.components.setdefault(key, []).extend(values)
-    into.errors += part.errors
+            batch.components.setdefault(f"{name}/{component}", []).append(value)
+        return
+    batch.per_reward[name].append(0.0)
+    batch.failures[name] += 1
+    batch.timeouts[name] += outcome.reason == "timeout"
+    batch.reasons[name][outcome.reason] = batch.reasons[name].get(outcome.reason, 0) + 1
+    if len(batch.errors) < MAX_LOGGED_ERRORS:
+        batch.errors.append(f"reward {name!r} ({outcome.reason}): {outcome.detail}")

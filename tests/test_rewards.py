@@ -1,5 +1,6 @@
 """Reward registry, resolution, and failure accounting."""
 
+import sys
 import time
 
 import pytest
@@ -121,14 +122,91 @@ def stuck_in_c_on_odd(prompt, completion, *, index, **_):
     return 1.0
 
 
-@pytest.mark.integration
-def test_ray_scoring_cancels_a_chunk_stuck_past_its_timeouts(ray_local):
+def test_a_call_stuck_in_c_is_killed_and_the_rest_of_its_batch_scored():
     from rewards import score_batch
 
-    samples = [Sample("p", "c", {"index": i}) for i in (0, 2, 1)]  # chunks: [0, 2] and [1]
+    samples = [Sample("p", "c", {"index": i}) for i in (0, 2, 1)]
     specs = [WeightedReward("test_stuck_in_c_on_odd", 1.0, 0.5), WeightedReward("test_sleeps_on_odd", 1.0, 0.5)]
     started = time.perf_counter()
-    scored = score_batch(specs, samples, chunks=2, grace_s=2.0)
+    scored = score_batch(specs, samples, grace_s=1.0)
     assert time.perf_counter() - started < 20
     assert scored.scores == [2.0, 2.0, 0.0]
     assert scored.timeouts == {"test_stuck_in_c_on_odd": 1, "test_sleeps_on_odd": 1}
+    assert "worker killed" in scored.errors[0]
+
+
+@reward("test_async_slow")
+async def async_slow(prompt, completion, **_):
+    import asyncio
+
+    await asyncio.sleep(0.5)
+    return 1.0
+
+
+def test_async_rewards_run_concurrently_inside_the_workers():
+    samples = [Sample("p", "c", {"index": i}) for i in range(16)]
+    score_locally([("test_async_slow", 1.0)], samples[:1])  # the workers have imported this module
+    started = time.perf_counter()
+    scored = score_locally([("test_async_slow", 1.0)], samples)
+    assert scored.scores == [1.0] * 16
+    assert time.perf_counter() - started < 3  # one after another: 8 s; two workers, one after another: 4 s
+
+
+@reward("test_exits_on_odd")
+def exits_on_odd(prompt, completion, *, index, **_):
+    if index % 2:
+        import os
+
+        os._exit(1)
+    return 1.0
+
+
+def test_workers_live_across_batches_and_a_dead_one_is_replaced():
+    from rewards.pool import shared_pool
+
+    samples = [Sample("p", "c", {"index": i}) for i in range(8)]
+    score_locally([("test_async_half", 1.0)], samples)
+    pool = shared_pool()
+    before = pool.pids()
+    score_locally([("test_async_half", 1.0)], samples)
+    assert pool.pids() == before  # long-lived: warm imports, no start-up per batch
+    scored = score_locally([("test_exits_on_odd", 1.0)], samples)
+    assert scored.scores == [1.0, 0.0] * 4 and scored.reasons["test_exits_on_odd"] == {"crashed": 4}
+    assert "exit code 1" in scored.errors[0]
+    assert len(pool.pids()) == pool.size and len(set(pool.pids()) - set(before)) >= 1
+    assert score_locally([("test_async_half", 1.0)], samples).scores == [0.5] * 8
+
+
+def test_functions_that_are_not_importable_travel_by_value_or_fail_as_unloadable():
+    import types
+
+    samples = [Sample("p", "abc", {})]
+    anonymous = lambda prompt, completion, **_: len(completion)  # noqa: E731 - the point: no importable name
+    scored = score_locally([("anonymous", 1.0)], samples, fns={"anonymous": anonymous})
+    assert scored.scores == [3.0]
+    module = types.ModuleType("test_rewards_only_in_this_process")  # importable here, nowhere else
+    exec("def fn(prompt, completion, **_):\n    return 1.0\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        scored = score_locally([("fn", 1.0)], samples, fns={"fn": module.fn})
+    finally:
+        del sys.modules[module.__name__]
+    assert scored.reasons["fn"] == {"unloadable": 1} and "No module named" in scored.errors[0]
+
+
+def test_no_rewards_still_give_a_score_per_sample():
+    assert score_locally([], [Sample("p", "c", {})] * 3).scores == [0.0, 0.0, 0.0]
+
+
+def test_the_rest_of_a_dead_workers_job_is_scored_elsewhere(monkeypatch):
+    import rewards.pool
+
+    pool = rewards.pool.WorkerPool(1)  # one worker: jobs of two calls, the crashing one first in its job
+    monkeypatch.setattr(rewards.pool, "_POOL", pool)
+    try:
+        samples = [Sample("p", "c", {"index": i}) for i in (1, 0, 3, 2)]
+        scored = score_locally([("test_exits_on_odd", 1.0), ("test_sleeps_on_odd", 1.0, 0.3)], samples, grace_s=0.5)
+        assert scored.per_reward == {"test_exits_on_odd": [0.0, 1.0] * 2, "test_sleeps_on_odd": [0.0, 1.0] * 2}
+        assert scored.reasons == {"test_exits_on_odd": {"crashed": 2}, "test_sleeps_on_odd": {"timeout": 2}}
+    finally:
+        pool.close()
