@@ -412,4 +412,5 @@ def main():
     run_program(source)
 
 
-main()
+if __name__ == "__main__":  # run as `python -c <this source>` inside the sandbox; importing it runs nothing
+    main()
