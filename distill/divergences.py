@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from posttrain.plugins import NotFound, Registry, qualname
+from posttrain.plugins import Registry, get_subclass
 
 if TYPE_CHECKING:
     from .losses import Rows, _StudentChunk
@@ -56,11 +56,9 @@ def resolve_divergence(divergence: str | Divergence) -> Divergence:
     if isinstance(divergence, Divergence):
         return divergence
     try:
-        cls = DIVERGENCES.get(divergence)
-    except NotFound:
-        raise ValueError(f"unknown divergence {divergence!r}; registered: {DIVERGENCES.names()}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Divergence)):
-        raise ValueError(f"divergence {divergence!r} names {qualname(cls)}, which is not a Divergence subclass")
+        cls = get_subclass(DIVERGENCES, divergence, Divergence)
+    except ValueError as error:
+        raise ValueError(f"unknown divergence {divergence!r}: {error}") from None
     return cls()
 
 

@@ -79,6 +79,17 @@ class Registry(Generic[T]):
         )
 
 
+def get_subclass(registry: Registry, name: str, base: type) -> type:
+    """The class ``name`` picks in ``registry``, which must subclass ``base``; ``ValueError`` otherwise."""
+    try:
+        cls = registry.get(name)
+    except NotFound as error:
+        raise ValueError(str(error)) from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"{registry.kind} {name!r} names {qualname(cls)}, which is not a {base.__name__} subclass")
+    return cls
+
+
 def load_object(spec: str, kind: str = "object"):
     """``"package.module:attr"`` -> that attribute, the working directory importable."""
     module_name, _, attr = spec.partition(":")

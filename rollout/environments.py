@@ -37,7 +37,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from posttrain.plugins import NotFound, Registry, qualname
+from posttrain.plugins import Registry, get_subclass
 
 from .calls import ToolCall
 from .tools import Tool, ToolArgumentError
@@ -130,13 +130,7 @@ def environment_names() -> list[str]:
 
 def environment_class(name: str) -> type[Environment]:
     """The environment a recipe names: registered, ``module:Class``, or a ``posttrain.environments`` entry point."""
-    try:
-        cls = ENVIRONMENTS.get(name)
-    except NotFound as error:
-        raise ValueError(str(error)) from None
-    if not (isinstance(cls, type) and issubclass(cls, Environment)):
-        raise ValueError(f"environment {name!r} names {qualname(cls)}, which is not an Environment subclass")
-    return cls
+    return get_subclass(ENVIRONMENTS, name, Environment)
 
 
 def make_environment(name: str, setup: dict | None = None) -> Environment:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import ray
 from pydantic import ValidationError
 
-from posttrain.plugins import NotFound, Registry, qualname
+from posttrain.plugins import Registry, get_subclass
 from rewards import Sample, as_weighted
 
 from .schema import SourceConfig
@@ -151,13 +151,7 @@ def task_domains() -> list[str]:
 
 def task_class(domain: str) -> type[Task]:
     """The task class a ``task.domain`` names: registered, ``module:Class``, or an entry point."""
-    try:
-        cls = TASKS.get(domain)
-    except NotFound as error:
-        raise ValueError(str(error)) from None
-    if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise ValueError(f"task domain {domain!r} names {qualname(cls)}, which is not a Task subclass")
-    return cls
+    return get_subclass(TASKS, domain, Task)
 
 
 def typed_sources(task_cfg) -> tuple[object, list[tuple[str, str]]]:
