@@ -28,7 +28,7 @@ from posttrain.resume import eval_once, final_checkpoint, resume_point, run_step
 from posttrain.rundir import RunDir
 from posttrain.timing import PhaseTimer
 from specialists.loop import start_actors
-from rollout.engine import GenerateResult
+from rollout.engine import GenerateResult, sampling_seed
 from specialists.task import Problem, Task, make_task
 
 from .objective import DistillLoss, divergence_from
@@ -148,6 +148,7 @@ def distill_step(recipe: Recipe, actors, pool, router: Router, run: RunDir, step
     prompts = router.sample(step, cfg.prompts_per_step)
     specs = [router.spec(p.key, cfg.samples_per_prompt, cfg.temperature, cfg.top_p) for p in prompts]
     with timer.phase("generate"):
+        ray.get(actors.engine.reseed.remote(sampling_seed(recipe.run.seed, step)))  # a resumed step samples the same
         rollout = router.rollout(actors.engine, prompts, specs)
     completions = rollout.completions
     seqs = completion_sequences([prompts[c.prompt_index].prompt_ids for c in completions], completions)
@@ -168,9 +169,14 @@ def distill_step(recipe: Recipe, actors, pool, router: Router, run: RunDir, step
 
 
 def completion_sequences(prompts: list[list[int]], completions) -> Sequences:
-    """The student's samples as training sequences; forced close tags (not sampled) are masked out."""
+    """The student's samples as training sequences; forced close tags (not sampled) are masked out.
+
+    Temperature stays 1 even when the student samples at ``distill.temperature``: the loss is a
+    divergence between the student's and the teachers' models (T = 1 distributions over the full
+    vocabulary); the sampling temperature only chooses which completions it is measured on.
+    """
     masks = [c.loss_mask or [1] * len(c.token_ids) for c in completions]
-    return Sequences(prompts, [c.token_ids for c in completions], masks)
+    return Sequences(prompts, [c.token_ids for c in completions], masks, temperature=1.0)
 
 
 def teacher_kls(update: dict[str, float], router: Router) -> dict[str, float]:

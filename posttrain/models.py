@@ -56,6 +56,20 @@ def check_model_spec(spec: str) -> str | None:
     )
 
 
+def logits_postprocessing(spec: str, where: str = "model.path") -> str | None:
+    """Why distillation cannot take this local model (logit scaling / softcapping), else None.
+
+    Cheap: reads ``config.json`` of a local directory only (built-ins have none to apply).
+    """
+    if not looks_like_path(spec) or not (Path(spec).expanduser() / "config.json").exists():
+        return None
+    from transformers import AutoConfig
+
+    from .logits import postprocessing_problem
+
+    return postprocessing_problem(AutoConfig.from_pretrained(Path(spec).expanduser()), f"{where} {spec!r}")
+
+
 def resolve_model(spec: str) -> str:
     """Return a local HF directory (or hub id) for ``spec``, building built-ins once."""
     if spec == EMBEDDED_DEFAULT:
