@@ -229,7 +229,6 @@ class GrpoConfig(Strict):
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only the final one")
     log_samples: int = Field(4, ge=0, description="completions saved to samples.jsonl per step")
 
-
     @field_validator("top_p")
     @classmethod
     def _full_nucleus(cls, top_p: float) -> float:

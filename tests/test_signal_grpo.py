@@ -62,3 +62,12 @@ def test_no_rollout_logprobs_no_mismatch_figures():
     loss = GrpoLoss(LossNormalizer("token_mean", 2, 1, 2), correction="tis")
     _, metrics = loss(torch.zeros(1, 2, requires_grad=True), torch.ones(1, 2), {"advantages": [1.0]})
     assert "mismatch_abs_sum" not in metrics and mismatch_metrics({"tokens": 2}, 2.0) == {}
+
+
+def test_grpo_top_p_below_one_is_refused_naming_the_field(tmp_path):
+    from posttrain.recipe import RecipeError, load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {path: tiny-random}\ntask: {sources: [{kind: arithmetic}]}\ngrpo: {top_p: 0.9}\n")
+    with pytest.raises(RecipeError, match="grpo.top_p: .*top_p = 1 only"):
+        load_recipe(recipe)
