@@ -74,7 +74,7 @@ class TrainerConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     micro_batch_size: int = Field(16, gt=0, description="sequences per forward/backward")
     autocast: Literal["bfloat16", "none"] = Field("bfloat16", description="compute dtype of forward/backward; master weights stay float32")
-    lora: LoraConfig | None = Field(None, description="train a LoRA adapter (frozen bf16 base) instead of every weight")
+    lora: LoraConfig | None = Field(None, description="train a LoRA adapter over the frozen float32 base (the checkpoint users merge it onto) instead of every weight")
     logprob_chunk_tokens: int = Field(
         1024, ge=0, description="tokens whose [tokens, vocab] logits live at once when computing log-probs "
         "(recomputed in backward); 0 = the whole micro-batch at once (faster, B*T*V floats of memory)"
