@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout that is not pip-installed
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # the table, not vLLM's load log, on stdout
 
 import torch  # noqa: E402
 
@@ -90,12 +91,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--lr", type=float, default=2e-4, help="the quickstart's LoRA rate")
+    parser.add_argument("--variants", nargs="+", default=[f"{b}:{c}" for b, c in VARIANTS], help="base:correction, e.g. fp32:tis")
     args = parser.parse_args()
     print(f"load at start: {os.getloadavg()} on {os.cpu_count()} cores")
     model_path = resolve_model(args.model)
     engine = RolloutEngine(EngineConfig(model=model_path, dtype="bfloat16", max_model_len=512, kv_cache_gib=0.5))
     print(f"{'variant':16} {'mean|dlogp|':>11} {'max':>7} {'share>ln2':>9} {'update s':>9} {'step s':>7}")
-    for base, correction in VARIANTS:
+    for base, correction in (v.split(":") for v in args.variants):
         m = run_variant(engine, model_path, engine.tokenizer, base, correction, args)
         print(
             f"{base + '-base ' + correction:16} {m['mismatch/mean_abs_logp_diff']:11.5f} {m['mismatch/max']:7.3f} "
