@@ -22,6 +22,7 @@ from posttrain.core.driver import Actors, phase_line, run_loop, start_actors
 from posttrain.core.rundir import RunDir
 from posttrain.core.schema import Recipe
 from posttrain.core.timing import PhaseTimer
+from rollout.engine import sampling_seed
 
 from .objective import DistillLoss, divergence_from
 from .recovery import recovery_eval
@@ -82,6 +83,7 @@ def distill_step(recipe: Recipe, actors: Actors, pool, router: Router, run: RunD
     prompts = router.sample(step, cfg.prompts_per_step)
     specs = [router.spec(p.key, cfg.samples_per_prompt, cfg.temperature, cfg.top_p) for p in prompts]
     with timer.phase("generate"):
+        ray.get(actors.engine.reseed.remote(sampling_seed(recipe.run.seed, step)))  # a resumed step samples the same
         rollout = router.rollout(actors.engine, prompts, specs)
     completions = rollout.completions
     seqs = completion_sequences([prompts[c.prompt_index].prompt_ids for c in completions], completions)

@@ -82,9 +82,14 @@ class Router:
 
 
 def completion_sequences(prompts: list[list[int]], completions) -> Sequences:
-    """The student's samples as training sequences; forced close tags (not sampled) are masked out."""
+    """The student's samples as training sequences; forced close tags (not sampled) are masked out.
+
+    Temperature stays 1 even when the student samples at ``distill.temperature``: the loss is a
+    divergence between the student's and the teachers' models (T = 1 distributions over the full
+    vocabulary); the sampling temperature only chooses which completions it is measured on.
+    """
     masks = [c.loss_mask or [1] * len(c.token_ids) for c in completions]
-    return Sequences(prompts, [c.token_ids for c in completions], masks)
+    return Sequences(prompts, [c.token_ids for c in completions], masks, temperature=1.0)
 
 
 def teacher_kls(update: dict[str, float], router: Router) -> dict[str, float]:

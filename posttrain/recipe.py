@@ -25,7 +25,7 @@ from distill.divergences import resolve_divergence
 from distill.teachers import check_teachers
 from rewards import RewardNotFound, resolve_reward
 
-from .core.models import check_model_spec
+from .core.models import check_model_spec, logits_postprocessing
 from .core.modes import check_modes
 from .core.schema import Recipe, TaskConfig
 from .core.tasks import typed_sources
@@ -139,6 +139,8 @@ def _check_resolvable(recipe: Recipe, check_files: bool = True) -> list[str]:
     problems = check_trackers(recipe.run.trackers)
     if message := check_model_spec(recipe.model.path):
         problems.append(f"model.path: {message}")
+    elif recipe.distill and (message := logits_postprocessing(recipe.model.path)):
+        problems.append(message)
     for where, task in task_configs(recipe).items():
         for index, spec in enumerate(task.rewards):
             try:

@@ -147,6 +147,10 @@ class RolloutEngine:
             enforce_eager=config.enforce_eager,
             tensor_parallel_size=config.tensor_parallel_size,
             worker_extension_cls="rollout.worker_ext.WeightSyncExtension",
+            # the log-prob of each sampled token under the distribution it was sampled from
+            # (after temperature and top-p), what the trainer's log-probs are compared with;
+            # the default ("raw_logprobs") is T=1 before top-p
+            logprobs_mode="processed_logprobs",
             **extra,
         )
         self.tokenizer = self.llm.get_tokenizer()
@@ -290,6 +294,16 @@ class RolloutEngine:
         self.llm.reset_prefix_cache()
         return time.perf_counter() - start
 
+    def reseed(self, seed: int) -> None:
+        """Restart the sampler's random stream at ``seed`` (see ``sampling_seed``).
+
+        Not per-request ``SamplingParams(seed=...)``: vLLM rolls a request's generator back
+        after a partial-prefill step (``gen.set_offset``), which a CPU generator refuses
+        ("CPU Generator does not use offset"). Requests without a seed draw from the
+        worker's global torch generator, which this resets in every worker.
+        """
+        self.llm.collective_rpc("reseed_sampler", args=(seed,))
+
     def ready(self) -> bool:
         return True
 
@@ -378,6 +392,12 @@ def _sampled_logprobs(sample) -> list[float]:
     if not sample.logprobs:
         return [0.0] * len(sample.token_ids)
     return [step[token].logprob for token, step in zip(sample.token_ids, sample.logprobs)]
+
+
+def sampling_seed(run_seed: int, step: int) -> int:
+    """The sampler seed of a step: a pure function of (run seed, step), so a resumed run
+    samples step k as the uninterrupted run did (same weights, same prompts, same stream)."""
+    return (run_seed * 1_000_003 + step * 7_919 + 17) % (2**31 - 1)
 
 
 def cpu_engine_env(threads: int | None = None) -> dict[str, str]:

@@ -38,6 +38,19 @@ class WeightSyncExtension:
         return self.load_pushed_weights(load_file(path).items())
 
 
+    def reseed_sampler(self, seed: int) -> None:
+        # Unseeded requests draw their sampling noise from the worker's global torch
+        # generator (CPU: one randint per row per step; GPU: the device generator), so
+        # resetting it before a step makes that step's samples a function of the seed.
+        import random
+
+        import numpy as np
+
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+
 class KnownReloadNoise(logging.Filter):
     """Drops ``reload_weights``' "<Layer>: Failed to load weights" for the layers a push never
     carries on purpose: rotary embeddings (a computed cache, no weights) and an output head tied

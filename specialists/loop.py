@@ -36,8 +36,9 @@ from posttrain.core.schema import Recipe
 from posttrain.core.tasks import Task, make_task
 from posttrain.core.timing import PhaseTimer
 from rewards import score_batch
+from rollout.engine import sampling_seed
 
-from .grpo import GrpoLoss, LossNormalizer, group_advantages
+from .grpo import GrpoLoss, LossNormalizer, group_advantages, merge_metrics, mismatch_metrics
 from .shaping import length_penalties_B, mode_metrics
 
 log = logging.getLogger("posttrain.grpo")
@@ -126,6 +127,7 @@ def grpo_step(recipe: Recipe, actors: Actors, task: Task, run: RunDir, step: int
     ]
     specs = [sampling_spec(m, recipe.thinking_tags, cfg.samples_per_prompt, cfg.temperature, cfg.top_p) for m in modes]
     with timer.phase("generate"):
+        ray.get(actors.engine.reseed.remote(sampling_seed(recipe.run.seed, step)))  # a resumed step samples the same
         rollout = task.rollout(actors.engine, actors.tokenizer, problems, prompts, specs)
     completions = rollout.completions  # prompt-major: G samples of prompt 0, then prompt 1, ...
     with timer.phase("reward"):
@@ -140,8 +142,9 @@ def grpo_step(recipe: Recipe, actors: Actors, task: Task, run: RunDir, step: int
         [prompts[c.prompt_index] for c in completions],
         [c.token_ids for c in completions],
         [c.loss_mask or [1] * len(c.token_ids) for c in completions],
+        temperature=cfg.temperature,  # log-probs of the distribution that sampled
     )
-    extras: dict[str, list] = {"advantages": advantages_B.tolist()}
+    extras: dict[str, list] = {"advantages": advantages_B.tolist(), "rollout_logprobs": [c.logprobs for c in completions]}
     with timer.phase("logprobs"):
         if cfg.minibatches > 1:
             extras["old_logprobs"] = ray.get(actors.trainer.logprobs.remote(seqs))
@@ -170,10 +173,9 @@ def _update(actors: Actors, cfg, seqs: Sequences, extras: dict, max_tokens: int)
         indices = list(range(start, start + size))
         part = seqs.select(indices)
         norm = LossNormalizer(cfg.loss_agg, sum(map(sum, part.completion_mask)), len(part), max_tokens)
-        loss = GrpoLoss(norm, cfg.clip_low, cfg.clip_high, cfg.kl_coef)
+        loss = GrpoLoss(norm, cfg.clip_low, cfg.clip_high, cfg.kl_coef, cfg.rollout_correction, cfg.correction_cap)
         part_extras = {key: [values[i] for i in indices] for key, values in extras.items()}
-        for key, value in ray.get(actors.trainer.update.remote(part, loss, part_extras)).items():
-            totals[key] = totals.get(key, 0.0) + value
+        merge_metrics(totals, ray.get(actors.trainer.update.remote(part, loss, part_extras)))
     for key in ("loss", "grad_norm"):  # per-step means; the other entries are counts
         totals[key] /= cfg.minibatches
     totals["tokens"] = sum(map(sum, seqs.completion_mask))
@@ -207,6 +209,7 @@ def _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg) -> d
         **rollout.metrics,
         **timer.metrics(),
     }
+    metrics |= mismatch_metrics(update, cfg.correction_cap)
     if "kl_sum" in update:
         metrics["loss/kl"] = update["kl_sum"] / max(update["tokens"], 1)
     return metrics

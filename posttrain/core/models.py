@@ -17,6 +17,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from .logits import postprocessing_problem
+
 EMBEDDED_DEFAULT = "smollm2-135m-instruct"
 TINY_RANDOM = "tiny-random"
 BUILTIN_MODELS = (EMBEDDED_DEFAULT, TINY_RANDOM)
@@ -54,6 +56,19 @@ def check_model_spec(spec: str) -> str | None:
         f"{spec!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}), "
         "an existing directory, or a hub id of the form 'org/name'"
     )
+
+
+def logits_postprocessing(spec: str, where: str = "model.path") -> str | None:
+    """Why distillation cannot take this local model (logit scaling / softcapping), else None.
+
+    Cheap: reads ``config.json`` of a local directory only (built-ins have none to apply).
+    """
+    if not looks_like_path(spec) or not (Path(spec).expanduser() / "config.json").exists():
+        return None
+    from transformers import AutoConfig
+
+
+    return postprocessing_problem(AutoConfig.from_pretrained(Path(spec).expanduser()), f"{where} {spec!r}")
 
 
 def resolve_model(spec: str) -> str:

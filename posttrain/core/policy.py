@@ -23,6 +23,8 @@ import ray
 import torch
 import torch.utils.checkpoint
 
+from .logits import LogitsPath, check_logits_path, logits_path
+
 
 @dataclass
 class Sequences:
@@ -30,18 +32,24 @@ class Sequences:
 
     ``completion_mask`` (optional, 0/1 per completion token) marks tokens the loss
     ignores, e.g. a close tag forced by budget forcing; ``None`` trains on all.
+    ``temperature`` is the one the completions were sampled at: their log-probs (policy,
+    old policy, reference) are of ``softmax(logits / temperature)``, the distribution that
+    sampled them. Distillation leaves it at 1: its loss compares the models themselves.
     """
 
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
     completion_mask: list[list[int]] | None = None
+    temperature: float = 1.0
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
 
     def select(self, indices: list[int]) -> Sequences:
         mask = [self.completion_mask[i] for i in indices] if self.completion_mask is not None else None
-        return Sequences([self.prompt_ids[i] for i in indices], [self.completion_ids[i] for i in indices], mask)
+        return Sequences(
+            [self.prompt_ids[i] for i in indices], [self.completion_ids[i] for i in indices], mask, self.temperature
+        )
 
 
 @dataclass
@@ -63,8 +71,8 @@ class Student:
     Nothing is computed that the loss does not ask for.
     """
 
-    def __init__(self, states: CompletionStates, chunk_tokens: int, autocast):
-        self.states, self._chunk_tokens, self._autocast = states, chunk_tokens, autocast
+    def __init__(self, states: CompletionStates, chunk_tokens: int, autocast, path: LogitsPath):
+        self.states, self._chunk_tokens, self._autocast, self.path = states, chunk_tokens, autocast, path
         self._logprobs_B_T: torch.Tensor | None = None
 
     @property
@@ -72,11 +80,14 @@ class Student:
         return self.states.mask_B_T
 
     def logprobs(self) -> torch.Tensor:
-        """``logprobs_B_T`` of the completion tokens (0 where masked), computed once per micro-batch."""
+        """``logprobs_B_T`` of the completion tokens (0 where masked) under the distribution that sampled them
+        (``self.path``: the model's logit post-processing and the sampling temperature), computed once."""
         if self._logprobs_B_T is None:
             states = self.states
             with self._autocast():
-                logprobs_B_T = chunked_target_logprobs(states.hidden_B_T_H, states.head_V_H, states.targets_B_T, self._chunk_tokens)
+                logprobs_B_T = chunked_target_logprobs(
+                    states.hidden_B_T_H, states.head_V_H, states.targets_B_T, self._chunk_tokens, self.path
+                )
             self._logprobs_B_T = logprobs_B_T * states.mask_B_T
         return self._logprobs_B_T
 
@@ -103,9 +114,15 @@ def causal_lm(model):
 
 
 def chunked_target_logprobs(
-    hidden_B_T_H: torch.Tensor, head_V_H: torch.Tensor, targets_B_T: torch.Tensor, chunk_tokens: int
+    hidden_B_T_H: torch.Tensor,
+    head_V_H: torch.Tensor,
+    targets_B_T: torch.Tensor,
+    chunk_tokens: int,
+    path: LogitsPath = LogitsPath(),
 ) -> torch.Tensor:
-    """``log_softmax(hidden @ head^T)[target]`` per token, ``chunk_tokens`` tokens at a time.
+    """``log_softmax(path(hidden @ head^T))[target]`` per token, ``chunk_tokens`` tokens at a time.
+
+    ``path`` is the model's own logit post-processing and the sampling temperature.
 
     Only one chunk's ``[C, V]`` float32 logits live at once; under autograd each chunk is
     checkpointed (its logits recomputed in backward), so the ``[B, T, V]`` logits and their
@@ -115,11 +132,11 @@ def chunked_target_logprobs(
     hidden_N_H, targets_N = hidden_B_T_H.reshape(-1, width), targets_B_T.reshape(-1)
     total = hidden_N_H.shape[0]
     if chunk_tokens <= 0 or chunk_tokens >= total:
-        return _target_logprobs(hidden_N_H, head_V_H, targets_N).view(batch, length)
+        return _target_logprobs(hidden_N_H, head_V_H, targets_N, path).view(batch, length)
     grad = torch.is_grad_enabled() and (hidden_N_H.requires_grad or head_V_H.requires_grad)
     pieces = []
     for start in range(0, total, chunk_tokens):
-        chunk = (hidden_N_H[start : start + chunk_tokens], head_V_H, targets_N[start : start + chunk_tokens])
+        chunk = (hidden_N_H[start : start + chunk_tokens], head_V_H, targets_N[start : start + chunk_tokens], path)
         if grad:
             pieces.append(torch.utils.checkpoint.checkpoint(_target_logprobs, *chunk, use_reentrant=False))
         else:
@@ -127,8 +144,10 @@ def chunked_target_logprobs(
     return torch.cat(pieces).view(batch, length)
 
 
-def _target_logprobs(hidden_C_H: torch.Tensor, head_V_H: torch.Tensor, targets_C: torch.Tensor) -> torch.Tensor:
-    logits_C_V = torch.nn.functional.linear(hidden_C_H, head_V_H).float()
+def _target_logprobs(
+    hidden_C_H: torch.Tensor, head_V_H: torch.Tensor, targets_C: torch.Tensor, path: LogitsPath
+) -> torch.Tensor:
+    logits_C_V = path.apply(torch.nn.functional.linear(hidden_C_H, head_V_H).float())
     return logits_C_V.gather(-1, targets_C.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits_C_V, dim=-1)
 
 
@@ -147,12 +166,14 @@ class PolicyTrainer:
         torch.set_num_threads(threads or os.cpu_count() or 1)  # Ray pins actors to 1 thread otherwise
         self.cfg = trainer_cfg
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        # LoRA freezes the base: keep it in the autocast dtype so no forward pays for a
-        # per-op fp32->bf16 weight copy (~10-15% of a CPU step); adapters stay fp32.
-        frozen_bf16 = trainer_cfg.lora is not None and trainer_cfg.autocast == "bfloat16"
-        base_dtype = torch.bfloat16 if frozen_bf16 else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=base_dtype).to(self.device)
+        # The base stays float32 under LoRA too: the adapter is saved against the float32
+        # checkpoint users merge onto (peft, `posttrain eval`), so it must be trained over it,
+        # and the engine gets base + delta merged in float32, then cast once. (A bfloat16
+        # base saved ~10-15% of a CPU step but made the saved adapter another model.)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
         self.pad_id = model.config.pad_token_id or 0
+        self.logits_path = logits_path(model.config)
+        check_logits_path(model, self.logits_path, model_path)
         self._ref_model = None  # built on first use, full fine-tuning only
         self.model_path = model_path
         if trainer_cfg.lora is not None:
@@ -202,10 +223,11 @@ class PolicyTrainer:
 
     def student(self, seqs: Sequences, model=None) -> Student:
         """``model`` (default: the one being trained) at the completion positions of ``seqs``."""
-        return Student(self.completion_states(seqs, model), self.cfg.logprob_chunk_tokens, self._autocast)
+        path = self.logits_path.at(seqs.temperature)
+        return Student(self.completion_states(seqs, model), self.cfg.logprob_chunk_tokens, self._autocast, path)
 
     def token_logprobs(self, seqs: Sequences, model=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-prob of each completion token under ``model``: ``(logprobs_B_T, mask_B_T)``."""
+        """Log-prob of each completion token under ``model`` at ``seqs.temperature``: ``(logprobs_B_T, mask_B_T)``."""
         student = self.student(seqs, model)
         return student.logprobs(), student.mask_B_T
 
@@ -270,8 +292,8 @@ class PolicyTrainer:
             if backward:
                 loss.backward()
             totals["loss"] += float(loss.detach())
-            for key, value in metrics.items():
-                totals[key] = totals.get(key, 0.0) + value
+            for key, value in metrics.items():  # sums, but a `*_max` metric is a max
+                totals[key] = max(totals.get(key, value), value) if key.endswith("_max") else totals.get(key, 0.0) + value
         return totals
 
     def install(self, item) -> None:

@@ -79,7 +79,7 @@ class TrainerConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     micro_batch_size: int = Field(16, gt=0, description="sequences per forward/backward")
     autocast: Literal["bfloat16", "none"] = Field("bfloat16", description="compute dtype of forward/backward; master weights stay float32")
-    lora: LoraConfig | None = Field(None, description="train a LoRA adapter (frozen bf16 base) instead of every weight")
+    lora: LoraConfig | None = Field(None, description="train a LoRA adapter over the frozen float32 base (the checkpoint users merge it onto) instead of every weight")
     logprob_chunk_tokens: int = Field(
         1024, ge=0, description="tokens whose [tokens, vocab] logits live at once when computing log-probs "
         "(recomputed in backward); 0 = the whole micro-batch at once (faster, B*T*V floats of memory)"
@@ -158,7 +158,7 @@ class GrpoConfig(Strict):
     prompts_per_step: int = Field(8, gt=0, description="prompts per step, P")
     samples_per_prompt: int = Field(8, ge=2, description="group size G; advantages need >= 2")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling; GRPO takes 1.0 only (the trainer's log-probs are of the full tempered distribution)")
     max_tokens: int = Field(128, gt=0, description="completion tokens per sample of the default mode (no `modes:`)")
     advantage: Literal["grpo", "dr_grpo"] = Field("grpo", description="grpo: (r - mean) / std per group; dr_grpo: r - mean")
     clip_low: float = Field(0.2, ge=0, description="PPO ratio clip below 1")
@@ -166,9 +166,22 @@ class GrpoConfig(Strict):
     kl_coef: float = Field(0.0, ge=0, description="k3 KL to the reference model; 0 disables it")
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field("token_mean", description="how token losses are averaged (see specialists/grpo.py)")
     minibatches: int = Field(1, ge=1, description="optimizer steps per batch (>1 recomputes old log-probs)")
+    rollout_correction: Literal["none", "tis", "mis"] = Field("tis", description="weight each token's policy-gradient term for the engine-trainer mismatch: tis = min(pi_old/pi_vllm, correction_cap), mis = drop tokens whose ratio leaves [1/cap, cap], none = as sampled; mismatch/* is logged either way")
+    correction_cap: float = Field(2.0, gt=1, description="C of the rollout correction (TIS truncation, MIS band [1/C, C]); also the mismatch/share_over_threshold threshold")
     truncation_warn: float = Field(0.2, ge=0, le=1, description="warn when more than this share of samples is truncated")
     checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only the final one")
     log_samples: int = Field(4, ge=0, description="completions saved to samples.jsonl per step")
+
+    @field_validator("top_p")
+    @classmethod
+    def _full_nucleus(cls, top_p: float) -> float:
+        if top_p < 1:
+            raise ValueError(
+                "GRPO samples with top_p = 1 only: the trainer scores tokens under the full tempered "
+                "distribution, and under a nucleus it would train on another policy than the one sampled "
+                "(lower grpo.temperature instead)"
+            )
+        return top_p
 
 
 class EvalConfig(Strict):
