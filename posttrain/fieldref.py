@@ -12,10 +12,9 @@ import typing
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-import specialists.domains  # noqa: F401  (registers the built-in task domains, whose source schemas are listed)
+from specialists.domains import BUILTIN_DOMAINS
 
 from .core.schema import Recipe, SourceConfig
-from .core.tasks import task_class, task_domains
 
 HEADER = """# Recipe fields
 
@@ -94,8 +93,8 @@ def field_reference() -> str:
             if model not in seen:
                 seen.add(model)
                 lines += _section(_label(name, model, len(models)), model, seen)
-    for domain in task_domains():  # each domain's own source schemas (``task.sources`` items)
-        for schema in task_class(domain).sources:
+    for domain, task_cls in sorted(BUILTIN_DOMAINS.items()):  # each built-in domain's source schemas
+        for schema in task_cls.sources:
             if schema not in seen:
                 seen.add(schema)
                 lines += _section(f"task.sources ({domain}: {schema.__name__})", schema, seen)
