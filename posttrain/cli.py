@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ray.exceptions import ActorDiedError, RayActorError
 
-from .core.rundir import RunDir
+from .core.rundir import DamagedLog, RunDir
 from .evaluate import add_arguments as add_eval_arguments
 from .evaluate import run_eval_command
 from .fieldref import field_reference
@@ -57,10 +57,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_recipe(recipe) -> int:
     started = time.perf_counter()
+    run_dir = Path(recipe.run.output_dir) / recipe.run.name
+    if recipe.pipeline is None and recipe.run.resume and run_dir.is_dir():
+        try:  # a damaged log would stop the resume only after the actors started (minutes)
+            RunDir(run_dir.parent, run_dir.name).check_logs()
+        except DamagedLog as error:
+            print(f"error: cannot resume: {error}", file=sys.stderr)
+            return 1
     init_ray()  # RAY_ADDRESS / `ray job submit`, a `ray start` cluster here, else a local one
     if recipe.pipeline is not None:
         return _run_pipeline(recipe, started)
-    run_dir = Path(recipe.run.output_dir) / recipe.run.name
     try:
         results = train_recipe(recipe)
     except Exception as error:

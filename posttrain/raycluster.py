@@ -16,6 +16,11 @@ def init_ray() -> None:
 
     Plain ``ray.init()`` would follow Ray's record of the last cluster started here even when that
     cluster is gone, and wait on it forever; a record whose head does not answer is ignored.
+
+    Nothing is cleaned up first: a SIGKILLed driver's local Ray dies with it (GCS and raylet at
+    once, workers within seconds, two orphaned agents within about a minute; docs/ARCHITECTURE.md,
+    Resume) and writes no record, so the next local start is fresh; ``ray stop`` would kill
+    every Ray on the machine, other users' too.
     """
     import ray
 

@@ -7,6 +7,9 @@ cannot see, each problem with its field path: a domain's own source fields
 rewards, divergences, trackers), effort modes against the context window,
 models on disk, teachers' checkpoints and tokenizers, and every stage of a
 pipeline. Nothing is built or started here; a bad recipe fails before any work.
+Whatever the input (undecodable bytes, duplicate keys, alias bombs, overrides
+that index into a value), the answer is a ``RecipeError`` of bounded size,
+never a traceback: ``posttrain/yaml_safe.py`` reads the YAML.
 
 This module sits on top (it knows every domain and the distillation and
 pipeline checks); the loops and the core never import it.
@@ -17,7 +20,6 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 import specialists.domains  # noqa: F401  (registers the built-in task domains)
@@ -27,48 +29,58 @@ from rewards import RewardNotFound, resolve_reward
 
 from .core.models import check_model_spec, logits_postprocessing
 from .core.modes import check_modes
-from .core.schema import Recipe, TaskConfig
+from .core.schema import Recipe, RecipeError, TaskConfig  # noqa: F401  (RecipeError re-exported)
 from .core.tasks import typed_sources
 from .core.trackers import check_trackers
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot run; the message lists every problem with its field path."""
+from .yaml_safe import MAX_BYTES, MAX_DEPTH, YamlRefused, decode, load_yaml, short
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``a.b.c=value`` overrides (``task.sources.0.weight=2`` indexes lists).
 
-    Values parse as YAML: ``3``, ``true``, ``[1, 2]``, ``{name: x}``.
+    Values parse as YAML (``3``, ``true``, ``[1, 2]``, ``{name: x}``) with the same refusals as a
+    recipe file; a malformed one is a ``RecipeError`` naming the key.
     """
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:
-            raise RecipeError(f"override {override!r}: expected key.path=value")
+            raise RecipeError(f"override {short(override)}: expected key.path=value")
+        parts = key.split(".")
+        if len(parts) > MAX_DEPTH or not all(parts):
+            raise RecipeError(f"override {short(override)}: {short(key)} is not a field path")
+        try:
+            value = load_yaml(raw)
+        except YamlRefused as error:
+            raise RecipeError(f"override {short(override)}: {key}: {error}") from None
         node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = _child(node, part, override)
-        if isinstance(node, list):
-            node[_index(node, leaf, override)] = yaml.safe_load(raw)
-        else:
-            node[leaf] = yaml.safe_load(raw)
+        for depth, part in enumerate(parts[:-1]):
+            node = _child(node, part, override, ".".join(parts[:depth]))
+        _set(node, parts[-1], value, override, ".".join(parts[:-1]))
     return data
 
 
-def _child(node, part: str, override: str):
+def _child(node, part: str, override: str, where: str):
     if isinstance(node, list):
         return node[_index(node, part, override)]
     if not isinstance(node, dict):
-        raise RecipeError(f"override {override!r}: {part!r} is inside a value, not a section")
+        raise RecipeError(f"override {short(override)}: {where} is a value ({short(node)}), not a section")
     if node.get(part) is None:
         node[part] = {}
     return node[part]
 
 
+def _set(node, leaf: str, value, override: str, where: str) -> None:
+    if isinstance(node, list):
+        node[_index(node, leaf, override)] = value
+    elif isinstance(node, dict):
+        node[leaf] = value
+    else:  # e.g. model.path.x=1: model.path holds a string
+        raise RecipeError(f"override {short(override)}: {where} is a value ({short(node)}), not a section")
+
+
 def _index(node: list, part: str, override: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise RecipeError(f"override {override!r}: {part!r} is not an index of a list of {len(node)}")
+        raise RecipeError(f"override {short(override)}: {short(part)} is not an index of a list of {len(node)}")
     return int(part)
 
 
@@ -80,11 +92,18 @@ def read_recipe_data(path: str | Path, overrides: list[str] = ()) -> dict:
     """A recipe file's raw data with ``overrides`` applied (not validated)."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"recipe file {str(path)!r} does not exist")
+        raise RecipeError(f"recipe file {short(str(path))} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise RecipeError(f"{path}: not valid YAML: {error}") from error
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)  # never more: the file may be anything
+    except OSError as error:
+        raise RecipeError(f"{path}: cannot be read: {error.strerror}") from None
+    if len(raw) > MAX_BYTES:
+        raise RecipeError(f"{path}: larger than {MAX_BYTES // 1024} KiB; a recipe is a few KiB of YAML")
+    try:
+        data = load_yaml(decode(raw)) or {}
+    except YamlRefused as error:
+        raise RecipeError(f"{path}: {error}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: the top level must be a mapping of sections")
     return apply_overrides(data, list(overrides))
@@ -107,8 +126,8 @@ def validate_recipe(data: dict, origin: str = "recipe", check_files: bool = True
 def _format_errors(origin: str, error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        got = "" if item["type"] == "missing" else f" (got {item.get('input')!r})"
+        where = ".".join(short(part, 40).strip("'") for part in item["loc"]) or "(top level)"
+        got = "" if item["type"] == "missing" else f" (got {short(item.get('input'))})"
         lines.append(f"  {where}: {item['msg']}{got}")
     return f"{origin}: {len(lines)} problem(s)\n" + "\n".join(lines)
 

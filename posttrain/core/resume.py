@@ -26,6 +26,8 @@ def resume_point(run: RunDir, trainer, engine, engine_dtype: str, enabled: bool 
     """Load the newest complete checkpoint into ``trainer`` and ``engine``; the step to go on from (0: fresh)."""
     latest = run.latest_checkpoint() if enabled else None
     if latest is None:
+        if run.has_logs():  # killed before its first checkpoint: step 0 is redone, so its old rows go
+            run.rewind(0)
         return 0
     step, path = latest
     ray.get(trainer.load.remote(str(path)))

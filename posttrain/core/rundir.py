@@ -10,17 +10,51 @@ Layout::
       samples.jsonl        sampled completions with their rewards
       eval/<tag>.json      held-out eval results
       checkpoints/step_N/  safetensors (or the peft adapter) + trainer state
+
+The JSONL logs are appended one line per row, so a driver killed mid-write leaves
+a torn last line: reading drops it with one warning. A bad line anywhere else was
+not written by us that way, and is an error naming the file and line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 import yaml
 
 from .trackers import make_sinks
+
+log = logging.getLogger("posttrain")
+LOGS = ("metrics.jsonl", "samples.jsonl")  # appended per step; a resume rewinds both
+
+
+class DamagedLog(ValueError):
+    """A JSONL log with a bad line before its last: not what a kill leaves, so not guessed around."""
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSONL log; a torn last line (a kill mid-write) is dropped with a warning."""
+    lines = path.read_text(errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue  # harmless, and not what a kill leaves
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif number == len(lines):
+            log.warning("%s: dropped a torn last line (line %d, %d characters), left by a run killed while "
+                        "writing it", path, number, len(line))
+        else:
+            raise DamagedLog(f"{path}: line {number} of {len(lines)} is not a JSON object ({line[:80]!r}); "
+                             "only a last line can be torn by a kill: repair or delete that line")
+    return rows
 
 
 class RunDir:
@@ -83,16 +117,26 @@ class RunDir:
 
     def rewind(self, step: int) -> None:
         """Forget what was logged at ``step`` and after (a resumed run redoes those steps)."""
-        for name in ("metrics.jsonl", "samples.jsonl"):
+        for name in LOGS:
             path = self.path / name
             if path.exists():
-                kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", -1) < step]
-                path.write_text("".join(line + "\n" for line in kept))
+                # from step 0 nothing is kept, so nothing needs to parse (a fresh start over a damaged log)
+                kept = [row for row in read_jsonl(path) if _step_of(row) < step] if step > 0 else []
+                path.write_text("".join(json.dumps(row) + "\n" for row in kept))
         self._purge_step = step
+
+    def has_logs(self) -> bool:
+        return any((self.path / name).exists() for name in LOGS)
+
+    def check_logs(self) -> None:
+        """``DamagedLog`` unless every log reads (a torn last line does): before a resume starts anything."""
+        for name in LOGS:
+            if (self.path / name).exists():
+                read_jsonl(self.path / name)
 
     def read_metrics(self) -> list[dict]:
         path = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return read_jsonl(path) if path.exists() else []
 
     def _metric_sinks(self) -> list:
         if self._sinks is None:
@@ -103,3 +147,8 @@ class RunDir:
         for sink in self._sinks or []:
             sink.close()
         self._sinks = None
+
+
+def _step_of(row: dict) -> float:
+    step = row.get("step", -1)
+    return step if isinstance(step, (int, float)) else -1

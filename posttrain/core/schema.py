@@ -13,20 +13,46 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
 DEFAULT_MODE = "default"
 MIN_ANSWER_TOKENS = 16  # a thinking mode keeps this much room after its budget: close tag + answer
+# Generous but finite caps: far past any run we can imagine, small enough that a typo (an extra
+# six zeros) fails at load instead of allocating, looping or overflowing somewhere later.
+MAX_STEPS = 10_000_000
+MAX_COUNT = 1_000_000  # per-step counts (prompts, samples, micro-batch, logged samples, problems)
+MAX_SAMPLES_PER_STEP = 10_000_000  # prompts x samples of one step
+MAX_CONTEXT = 1 << 24  # tokens: context windows, chunks
+MAX_TIMEOUT_S = 24 * 3600.0
+MAX_MESSAGE_LINES = 60
+MAX_LINE_CHARS = 400
+
+
+def bounded_message(message: str) -> str:
+    """At most ``MAX_MESSAGE_LINES`` lines of at most ``MAX_LINE_CHARS`` characters: an error may echo
+    input (a value, a name, an override), and input has no bound of its own."""
+    lines = [line if len(line) <= MAX_LINE_CHARS else line[: MAX_LINE_CHARS - 3] + "..." for line in message.splitlines()]
+    if len(lines) > MAX_MESSAGE_LINES:
+        lines = lines[: MAX_MESSAGE_LINES - 1] + [f"  ... and {len(lines) - MAX_MESSAGE_LINES + 1} more line(s)"]
+    return "\n".join(lines)
 
 
 class RecipeError(ValueError):
-    """A recipe that cannot run; the message lists every problem with its field path."""
+    """A recipe that cannot run; the message lists every problem with its field path (bounded in size)."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(bounded_message(str(message)))
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: no recipe number means NaN or infinity (YAML's .nan/.inf, 1.0e+999), and
+    # either would pass `gt=0` bounds (inf) or poison a loss silently (nan)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class WandbSettings(Strict):
@@ -41,33 +67,41 @@ class MlflowSettings(Strict):
 
 
 class RunConfig(Strict):
-    name: str = Field("run", description="run directory name under output_dir")
-    output_dir: str = Field("runs", description="where run directories go")
-    seed: int = Field(0, description="seeds prompts, sampling and initialisation; a run's steps are a pure function of it")
+    name: str = Field("run", min_length=1, max_length=200, description="run directory name: one directory inside output_dir (no path separators, not '..')")
+    output_dir: str = Field("runs", min_length=1, description="where run directories go")
+    seed: int = Field(0, ge=0, lt=1 << 63, description="seeds prompts, sampling and initialisation; a run's steps are a pure function of it")
     resume: bool = Field(True, description="continue from the newest complete checkpoint in the run directory")
     trackers: list[str] = Field(default_factory=lambda: ["tensorboard"], description="where step metrics go besides metrics.jsonl: tensorboard, wandb, mlflow (they need their packages), or a registered / 'module:attr' tracker")
     wandb: WandbSettings = Field(default_factory=WandbSettings, description="used when trackers names wandb")
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings, description="used when trackers names mlflow")
 
+    @field_validator("name")
+    @classmethod
+    def _one_directory(cls, name: str) -> str:
+        """The run directory (checkpoints, logs, rewinds) must stay inside output_dir."""
+        if name in (".", "..") or any(sep in name for sep in ("/", "\\", "\x00")):
+            raise ValueError("must be one directory name inside output_dir (no path separators, not '..')")
+        return name
+
 
 class ModelConfig(Strict):
     path: str = Field("smollm2-135m-instruct", description="built-in name, local directory, or hub id")
-    max_model_len: int = Field(1024, gt=0, description="the engine's context window (prompt + completion tokens)")
-    prompt_room: int = Field(128, gt=0, description="tokens kept for the prompt: every mode's max_tokens + this must fit")
+    max_model_len: int = Field(1024, gt=0, le=MAX_CONTEXT, description="the engine's context window (prompt + completion tokens)")
+    prompt_room: int = Field(128, gt=0, le=MAX_CONTEXT, description="tokens kept for the prompt: every mode's max_tokens + this must fit")
     engine_dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="weights dtype in vLLM (and of the weights pushed to it)")
 
 
 class EngineSettings(Strict):
     kv_cache_gib: float = Field(1.0, gt=0, description="CPU only: KV cache memory")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU only")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (vLLM tensor parallelism)")
-    num_cpus: float = Field(1, description="Ray logical CPUs reserved for the engine actor")
-    num_gpus: float = Field(0, description="Ray GPUs reserved for the engine actor (0 on CPU)")
+    tensor_parallel_size: int = Field(1, ge=1, le=1024, description="GPUs per engine (vLLM tensor parallelism)")
+    num_cpus: float = Field(1, ge=0, description="Ray logical CPUs reserved for the engine actor")
+    num_gpus: float = Field(0, ge=0, description="Ray GPUs reserved for the engine actor (0 on CPU)")
 
 
 class LoraConfig(Strict):
-    r: int = Field(16, gt=0, description="LoRA rank")
-    alpha: int = Field(32, description="LoRA scale numerator (scale = alpha / r)")
+    r: int = Field(16, gt=0, le=65536, description="LoRA rank")
+    alpha: int = Field(32, gt=0, description="LoRA scale numerator (scale = alpha / r)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch")
     target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="module names to adapt, or every linear layer but the output head")
 
@@ -75,24 +109,24 @@ class LoraConfig(Strict):
 class TrainerConfig(Strict):
     lr: float = Field(1e-5, gt=0, description="AdamW learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas")
+    betas: tuple[Beta, Beta] = Field((0.9, 0.99), description="AdamW betas, each in [0, 1)")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
-    micro_batch_size: int = Field(16, gt=0, description="sequences per forward/backward")
+    micro_batch_size: int = Field(16, gt=0, le=MAX_COUNT, description="sequences per forward/backward")
     autocast: Literal["bfloat16", "none"] = Field("bfloat16", description="compute dtype of forward/backward; master weights stay float32")
     lora: LoraConfig | None = Field(None, description="train a LoRA adapter over the frozen float32 base (the checkpoint users merge it onto) instead of every weight")
     logprob_chunk_tokens: int = Field(
-        1024, ge=0, description="tokens whose [tokens, vocab] logits live at once when computing log-probs "
+        1024, ge=0, le=MAX_CONTEXT, description="tokens whose [tokens, vocab] logits live at once when computing log-probs "
         "(recomputed in backward); 0 = the whole micro-batch at once (faster, B*T*V floats of memory)"
     )
-    num_cpus: float = Field(1, description="Ray logical CPUs reserved for the trainer actor")
-    num_gpus: float = Field(0, description="Ray GPUs reserved for the trainer actor")
+    num_cpus: float = Field(1, ge=0, description="Ray logical CPUs reserved for the trainer actor")
+    num_gpus: float = Field(0, ge=0, description="Ray GPUs reserved for the trainer actor")
 
 
 class SourceConfig(BaseModel):
     """A prompt source of a task. A domain subclasses it with ``kind: Literal["..."]`` and its own fields
     (``Strict``); until the domain types it, a source keeps every field it was given."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, allow_inf_nan=False)
     kind: str = Field(description="the source's kind; the domain's source schemas say which exist")
     weight: float = Field(1.0, gt=0, description="sampling weight among the task's sources")
 
@@ -100,25 +134,25 @@ class SourceConfig(BaseModel):
 class Source(SourceConfig):
     """Base of a domain's own source schema: unknown fields are refused, as in every section."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class RewardSpec(Strict):
     name: str = Field(description="registered name, 'module:function', or an entry point")
     weight: float = Field(1.0, description="weight of this reward in the sample's total")
-    timeout_s: float = Field(30.0, gt=0, description="a call running longer scores the sample as failed (counted, logged)")
+    timeout_s: float = Field(30.0, gt=0, le=MAX_TIMEOUT_S, description="a call running longer scores the sample as failed (counted, logged)")
 
 
 class EffortMode(Strict):
-    """A reasoning-effort mode (see ``posttrain/modes.py``): how much the model may think, and length shaping."""
+    """A reasoning-effort mode (see ``posttrain/core/modes.py``): how much the model may think, and length shaping."""
 
     thinking: bool = Field(False, description="whether the model thinks (between the thinking tags) before answering")
-    thinking_budget: int | None = Field(None, gt=0, description="thinking tokens before the close tag is forced")
-    max_tokens: int = Field(gt=0, description="completion tokens in all: thinking + close tag + answer")
+    thinking_budget: int | None = Field(None, gt=0, le=MAX_CONTEXT, description="thinking tokens before the close tag is forced")
+    max_tokens: int = Field(gt=0, le=MAX_CONTEXT, description="completion tokens in all: thinking + close tag + answer")
     instruction: str | None = Field(None, description="system instruction for this mode")
-    overlong_buffer: int = Field(0, ge=0, description="DAPO soft overlong punishment: the last N tokens before max_tokens")
+    overlong_buffer: int = Field(0, ge=0, le=MAX_CONTEXT, description="DAPO soft overlong punishment: the last N tokens before max_tokens")
     overlong_penalty: float = Field(1.0, ge=0, description="DAPO: the penalty at max_tokens")
-    target_length: int | None = Field(None, gt=0, description="L1-style: penalise |completion tokens - target|")
+    target_length: int | None = Field(None, gt=0, le=MAX_CONTEXT, description="L1-style: penalise |completion tokens - target|")
     length_coef: float = Field(0.0, ge=0, description="L1-style: penalty per token of |length - target_length|")
 
     @model_validator(mode="after")
@@ -134,6 +168,10 @@ class EffortMode(Strict):
             )
         if self.length_coef > 0 and self.target_length is None:
             raise ValueError("length_coef needs target_length")
+        if self.target_length is not None and self.target_length > self.max_tokens:
+            raise ValueError(f"target_length ({self.target_length}) exceeds max_tokens ({self.max_tokens}): no sample can reach it")
+        if self.overlong_buffer > self.max_tokens:
+            raise ValueError(f"overlong_buffer ({self.overlong_buffer}) exceeds max_tokens ({self.max_tokens})")
         return self
 
 
@@ -154,23 +192,23 @@ class TaskConfig(Strict):
 
 
 class GrpoConfig(Strict):
-    steps: int = Field(20, ge=0, description="optimizer steps (each: generate, reward, update, weight sync)")
-    prompts_per_step: int = Field(8, gt=0, description="prompts per step, P")
-    samples_per_prompt: int = Field(8, ge=2, description="group size G; advantages need >= 2")
+    steps: int = Field(20, ge=0, le=MAX_STEPS, description="optimizer steps (each: generate, reward, update, weight sync)")
+    prompts_per_step: int = Field(8, gt=0, le=MAX_COUNT, description="prompts per step, P")
+    samples_per_prompt: int = Field(8, ge=2, le=MAX_COUNT, description="group size G; advantages need >= 2")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling; GRPO takes 1.0 only (the trainer's log-probs are of the full tempered distribution)")
-    max_tokens: int = Field(128, gt=0, description="completion tokens per sample of the default mode (no `modes:`)")
+    max_tokens: int = Field(128, gt=0, le=MAX_CONTEXT, description="completion tokens per sample of the default mode (no `modes:`)")
     advantage: Literal["grpo", "dr_grpo"] = Field("grpo", description="grpo: (r - mean) / std per group; dr_grpo: r - mean")
-    clip_low: float = Field(0.2, ge=0, description="PPO ratio clip below 1")
+    clip_low: float = Field(0.2, ge=0, lt=1, description="PPO ratio clip below 1")
     clip_high: float = Field(0.2, ge=0, description="DAPO clip-higher: set above clip_low, e.g. 0.28")
     kl_coef: float = Field(0.0, ge=0, description="k3 KL to the reference model; 0 disables it")
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = Field("token_mean", description="how token losses are averaged (see specialists/grpo.py)")
-    minibatches: int = Field(1, ge=1, description="optimizer steps per batch (>1 recomputes old log-probs)")
+    minibatches: int = Field(1, ge=1, le=MAX_COUNT, description="optimizer steps per batch (>1 recomputes old log-probs)")
     rollout_correction: Literal["none", "tis", "mis"] = Field("tis", description="weight each token's policy-gradient term for the engine-trainer mismatch: tis = min(pi_old/pi_vllm, correction_cap), mis = drop tokens whose ratio leaves [1/cap, cap], none = as sampled; mismatch/* is logged either way")
-    correction_cap: float = Field(2.0, gt=1, description="C of the rollout correction (TIS truncation, MIS band [1/C, C]); also the mismatch/share_over_threshold threshold")
+    correction_cap: float = Field(2.0, gt=1, le=1e6, description="C of the rollout correction (TIS truncation, MIS band [1/C, C]); also the mismatch/share_over_threshold threshold")
     truncation_warn: float = Field(0.2, ge=0, le=1, description="warn when more than this share of samples is truncated")
-    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only the final one")
-    log_samples: int = Field(4, ge=0, description="completions saved to samples.jsonl per step")
+    checkpoint_every: int = Field(0, ge=0, le=MAX_STEPS, description="steps between checkpoints; 0: only the final one")
+    log_samples: int = Field(4, ge=0, le=MAX_COUNT, description="completions saved to samples.jsonl per step")
 
     @field_validator("top_p")
     @classmethod
@@ -188,13 +226,13 @@ class EvalConfig(Strict):
     before: bool = Field(True, description="evaluate before training")
     after: bool = Field(True, description="evaluate after training")
     suites: list[str] | None = Field(None, description="held-out suites by name (e.g. humaneval, ifbench, bfcl_simple, gsm8k); default: the domain's own")
-    num_problems: int = Field(100, gt=0, description="per source")
-    pass_k: int = Field(4, ge=1, description="samples per problem for pass@k (1 disables)")
+    num_problems: int = Field(100, gt=0, le=MAX_COUNT, description="per source")
+    pass_k: int = Field(4, ge=1, le=1024, description="samples per problem for pass@k (1 disables)")
     temperature: float = Field(1.0, gt=0, description="for the pass@k samples; accuracy is greedy")
-    max_tokens: int | None = Field(None, gt=0, description="default: grpo.max_tokens")
+    max_tokens: int | None = Field(None, gt=0, le=MAX_CONTEXT, description="default: grpo.max_tokens")
     modes: list[str] | None = Field(None, description="modes to evaluate; default: the task's modes")
     sweep_mode: str | None = Field(None, description="thinking mode for the budget sweep; default: the largest budget")
-    budget_sweep: list[int] = Field(default_factory=list, description="thinking budgets for the accuracy curve")
+    budget_sweep: list[int] = Field(default_factory=list, max_length=1024, description="thinking budgets for the accuracy curve")
 
 
 class TeacherConfig(Strict):
@@ -210,21 +248,26 @@ class DistillConfig(Strict):
 
     domains: dict[str, TaskConfig] = Field(min_length=1, description="prompt sources per domain")
     teachers: list[TeacherConfig] = Field(min_length=1, description="teachers by (domain, mode); see docs/distillation.md")
-    steps: int = Field(20, ge=0, description="optimizer steps (each: generate, teacher_score, update, weight sync)")
-    prompts_per_step: int = Field(16, gt=0, description="drawn uniformly across (domain, mode) keys")
-    samples_per_prompt: int = Field(1, gt=0, description="student samples per prompt")
+    steps: int = Field(20, ge=0, le=MAX_STEPS, description="optimizer steps (each: generate, teacher_score, update, weight sync)")
+    prompts_per_step: int = Field(16, gt=0, le=MAX_COUNT, description="drawn uniformly across (domain, mode) keys")
+    samples_per_prompt: int = Field(1, gt=0, le=MAX_COUNT, description="student samples per prompt")
     temperature: float = Field(1.0, gt=0, description="student sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="student nucleus sampling")
     divergence: str = Field("reverse_kl", description="per-token divergence over the full vocabulary: reverse_kl, forward_kl, generalized_jsd, sampled_token, or a registered / 'module:attr' one (distill/divergences.py)")
     jsd_beta: float = Field(0.5, ge=0, le=1, description="generalized_jsd only")
-    chunk_size: int = Field(512, gt=0, description="student tokens per [chunk, vocab] block")
+    chunk_size: int = Field(512, gt=0, le=MAX_CONTEXT, description="student tokens per [chunk, vocab] block")
     teacher_num_cpus: float = Field(0, ge=0, description="0: the pool shares the cores (phases run one at a time)")
-    teacher_num_gpus: float = Field(0, description="Ray GPUs reserved for the teacher pool")
-    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only the final one")
-    log_samples: int = Field(4, ge=0, description="completions saved to samples.jsonl per step")
+    teacher_num_gpus: float = Field(0, ge=0, description="Ray GPUs reserved for the teacher pool")
+    checkpoint_every: int = Field(0, ge=0, le=MAX_STEPS, description="steps between checkpoints; 0: only the final one")
+    log_samples: int = Field(4, ge=0, le=MAX_COUNT, description="completions saved to samples.jsonl per step")
 
     @model_validator(mode="after")
     def _teachers_have_domains(self) -> DistillConfig:
+        if self.prompts_per_step * self.samples_per_prompt > MAX_SAMPLES_PER_STEP:
+            raise ValueError(
+                f"prompts_per_step x samples_per_prompt is {self.prompts_per_step * self.samples_per_prompt} "
+                f"samples per step (at most {MAX_SAMPLES_PER_STEP})"
+            )
         for index, teacher in enumerate(self.teachers):
             if teacher.domain not in self.domains:
                 raise ValueError(
@@ -285,6 +328,17 @@ class Recipe(Strict):
             raise ValueError(
                 f"grpo.max_tokens ({self.grpo.max_tokens}) leaves no room for the prompt in "
                 f"model.max_model_len ({self.model.max_model_len})"
+            )
+        if self.eval.max_tokens is not None and self.eval.max_tokens >= self.model.max_model_len:
+            raise ValueError(
+                f"eval.max_tokens ({self.eval.max_tokens}) leaves no room for the prompt in "
+                f"model.max_model_len ({self.model.max_model_len})"
+            )
+        per_step = self.grpo.prompts_per_step * self.grpo.samples_per_prompt
+        if self.task is not None and per_step > MAX_SAMPLES_PER_STEP:
+            raise ValueError(
+                f"grpo.prompts_per_step x grpo.samples_per_prompt is {per_step} samples per step "
+                f"(at most {MAX_SAMPLES_PER_STEP})"
             )
         if self.grpo.prompts_per_step * self.grpo.samples_per_prompt % self.grpo.minibatches:
             raise ValueError("grpo.minibatches must divide prompts_per_step * samples_per_prompt")
