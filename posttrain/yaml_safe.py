@@ -40,11 +40,18 @@ def short(value, limit: int = 80) -> str:
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """A safe loader whose composer refuses deep nesting as it reads (PyYAML composes recursively)."""
+    """A safe loader that refuses deep nesting as it reads (PyYAML composes recursively)."""
 
     def __init__(self, stream):
         super().__init__(stream)
         self._depth = 0
+
+    def fetch_flow_collection_start(self, token_class):
+        # refused while scanning: the scanner looks up to 1024 characters ahead per open bracket and
+        # rechecks every open one each token, so "[[[[..." costs seconds before the composer sees it
+        if self.flow_level >= MAX_DEPTH:
+            raise YamlRefused(f"(line {self.line + 1}): nested deeper than {MAX_DEPTH} levels")
+        super().fetch_flow_collection_start(token_class)
 
     def compose_node(self, parent, index):
         self._depth += 1
