@@ -296,13 +296,13 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _fits_context(self) -> Recipe:
+        if self.sft is not None and self.task is None:
+            raise ValueError("`sft` needs `task:` (its held-out suites; with sft.data.source: task, its problems too)")
         if sum(section is not None for section in (self.task, self.distill, self.pipeline)) != 1:
             raise ValueError(
                 "a recipe has exactly one of `task` (GRPO specialist), `distill` (on-policy distillation) "
                 "or `pipeline` (specialists -> distillation -> eval)"
             )
-        if self.sft is not None and self.task is None:
-            raise ValueError("`sft` needs `task:` (its held-out suites; with sft.data.source: task, its problems too)")
         if self.grpo.max_tokens >= self.model.max_model_len:
             raise ValueError(
                 f"grpo.max_tokens ({self.grpo.max_tokens}) leaves no room for the prompt in "
