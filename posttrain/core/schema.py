@@ -63,6 +63,7 @@ class EngineSettings(Strict):
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine (vLLM tensor parallelism)")
     num_cpus: float = Field(1, description="Ray logical CPUs reserved for the engine actor")
     num_gpus: float = Field(0, description="Ray GPUs reserved for the engine actor (0 on CPU)")
+    budget_forcing: Literal["two_phase", "engine"] = Field("two_phase", description="how thinking budgets are forced: two_phase (stop at the budget, answer in a second request joining the running batch) or engine (vLLM's own thinking_token_budget, one request); forced tokens are masked out of the loss either way (bench/budget.py compares them)")
 
 
 class LoraConfig(Strict):
