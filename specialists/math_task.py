@@ -1,4 +1,7 @@
-"""The math task: GSM8K and procedural arithmetic, scored by ``math-verify``.
+"""The math task: GSM8K, procedural arithmetic and arithmetic with worked traces, scored by ``math-verify``.
+
+``arithmetic_traces`` problems also have reference completions per effort mode
+(``reference``, from ``specialists/traces.py``): what the SFT stage trains on.
 
 Training draws from the sources by weight; held-out problems are the hashed
 slice of each source that training never sees (``data.is_heldout``). Suites
