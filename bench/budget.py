@@ -1,16 +1,21 @@
-"""Budget forcing throughput: two-phase budget-forced generation vs plain generation, same prompts.
+"""Budget forcing throughput: both forcing paths vs plain generation, same prompts, side by side.
 
-Both run through ``RolloutEngine.generate`` (in this process, CPU engine env) on
+All run through ``RolloutEngine.generate`` (in this process, CPU engine env) on
 the same thinking-mode prompts (``chat.prompt_ids`` with a thinking mode, so the
-prompt ends in ``<think>``) and sampling (temperature 1.0, ``--n`` samples):
+prompt ends in ``<think>``) and sampling (temperature 1.0, ``--n`` samples), on
+one engine built with vLLM's ``reasoning_config`` (the engine path needs it; the
+other two do not use it):
 
-- plain:  one call, ``max_tokens=--max-tokens``, no budget;
-- forced: ``thinking_budget=--budget`` within the same ``max_tokens``: phase 1
+- plain:      one call, ``max_tokens=--max-tokens``, no budget;
+- two_phase:  ``thinking_budget=--budget`` within the same ``max_tokens``: phase 1
   stops at ``</think>`` or the budget, phase 2 answers from prompt + thinking +
-  close tag (one more batched call; prefix caching serves the re-prefill).
+  close tag (a second request joining the batch; prefix caching serves the re-prefill);
+- engine:     the same budget through vLLM's ``SamplingParams.thinking_token_budget``:
+  one request, the sampler forces ``</think>`` at the budget (``rollout/budget.py``).
 
 tokens/s counts sampled tokens only (a forced close tag is not generated). One
-warm-up call each, then ``--repeats`` timed calls, alternating; medians reported.
+warm-up call each, then ``--repeats`` timed calls, alternating; medians reported,
+with the machine's load average (the CPUs are shared).
 
 Run: ``flock /tmp/posttrain-heavy.lock python bench/budget.py`` (a few minutes on 2 cores).
 """
@@ -21,6 +26,7 @@ import argparse
 import os
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 # Run as a script, this file's folder heads sys.path and its name would shadow packages.
@@ -50,6 +56,7 @@ def describe(result) -> dict:
         "thinking": sum(c.thinking_tokens for c in result.completions) / count,
         "answer": sum(c.answer_tokens for c in result.completions) / count,
         "forced": sum(c.forced_close for c in result.completions) / count,
+        "masked": sum(c.forced_tokens for c in result.completions) / count,  # tokens out of the loss per sample
     }
 
 
@@ -69,32 +76,44 @@ def main() -> None:
     from rollout.engine import RolloutEngine
 
     engine = RolloutEngine(EngineConfig(model=resolve_model(args.model), max_model_len=512, kv_cache_gib=1.0,
-                                       block_size=args.block_size))
+                                       block_size=args.block_size, budget_forcing="engine"))
     mode = EffortMode(thinking=True, thinking_budget=args.budget, max_tokens=args.max_tokens)
     prompts = thinking_prompts(engine.tokenizer, args.prompts, mode)
-    specs = {
-        "plain": SamplingSpec(n=args.n, max_tokens=args.max_tokens),
-        "forced": SamplingSpec(n=args.n, max_tokens=args.max_tokens, thinking_budget=args.budget),
-    }
+    forced = SamplingSpec(n=args.n, max_tokens=args.max_tokens, thinking_budget=args.budget)
+    paths = {"plain": ("two_phase", SamplingSpec(n=args.n, max_tokens=args.max_tokens)),
+             "two_phase": ("two_phase", forced), "engine": ("engine", forced)}
     cache = engine.llm.llm_engine.vllm_config.cache_config
-    prefix_caching = f"{cache.enable_prefix_caching} (block size {cache.block_size})"
     print(f"workload: {len(prompts)} thinking prompts x n={args.n}, budget {args.budget}, max_tokens "
-          f"{args.max_tokens}; {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, prefix caching {prefix_caching}")
-    for spec in specs.values():  # warm-up
-        engine.generate(prompts, spec)
-    runs: dict[str, list[dict]] = {name: [] for name in specs}
+          f"{args.max_tokens}; {os.cpu_count()} cores, prefix caching {cache.enable_prefix_caching} "
+          f"(block size {cache.block_size}); load average {_load()}")
+
+    def run(name: str):
+        forcing, spec = paths[name]
+        engine.config = replace(engine.config, budget_forcing=forcing)  # the path this call takes
+        return engine.generate(prompts, spec)
+
+    for name in paths:  # warm-up
+        run(name)
+    runs: dict[str, list[dict]] = {name: [] for name in paths}
     for _ in range(args.repeats):
-        for name, spec in specs.items():
-            runs[name].append(describe(engine.generate(prompts, spec)))
+        for name in paths:
+            runs[name].append(describe(run(name)) | {"load": os.getloadavg()[0]})
     median = {name: sorted(rows, key=lambda r: r["tokens_per_s"])[len(rows) // 2] for name, rows in runs.items()}
     for name, row in median.items():
-        spread = [f"{r['tokens_per_s']:.0f}" for r in runs[name]]
-        print(f"{name:7s} {row['tokens']:6d} tokens in {row['seconds']:6.2f} s = {row['tokens_per_s']:6.0f} tokens/s "
-              f"(runs {', '.join(spread)}); per sample: thinking {row['thinking']:.1f}, answer {row['answer']:.1f}, "
-              f"forced close {row['forced']:.0%}")
-    ratio = median["forced"]["tokens_per_s"] / median["plain"]["tokens_per_s"]
-    print(f"forced / plain tokens/s: {ratio:.3f}  (target >= 0.9)")
-    print(f"mean over runs: {statistics.mean(r['tokens_per_s'] for r in runs['forced']) / statistics.mean(r['tokens_per_s'] for r in runs['plain']):.3f}")
+        spread = ", ".join(f"{r['tokens_per_s']:.0f}" for r in runs[name])
+        print(f"{name:9s} {row['tokens']:6d} tokens in {row['seconds']:6.2f} s = {row['tokens_per_s']:6.0f} tokens/s "
+              f"(runs {spread}); per sample: thinking {row['thinking']:.1f}, answer {row['answer']:.1f}, "
+              f"forced close {row['forced']:.0%}, masked {row['masked']:.2f}")
+    plain = median["plain"]["tokens_per_s"]
+    for name in ("two_phase", "engine"):
+        mean = statistics.mean(r["tokens_per_s"] for r in runs[name]) / statistics.mean(r["tokens_per_s"] for r in runs["plain"])
+        print(f"{name} / plain tokens/s: median {median[name]['tokens_per_s'] / plain:.3f}, mean {mean:.3f}  (target >= 0.9)")
+    print(f"engine / two_phase tokens/s: {median['engine']['tokens_per_s'] / median['two_phase']['tokens_per_s']:.3f}; "
+          f"load average after: {_load()}")
+
+
+def _load() -> str:
+    return " ".join(f"{value:.1f}" for value in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -133,17 +134,26 @@ def _fmt(value) -> str:
 
 def _print_summary(results: dict, run_dir: Path, seconds: float) -> None:
     print(f"\nrun directory: {run_dir}   wall time: {seconds / 60:.1f} min")
-    for tag in ("before", "after"):
+    for tag in ("base", "before", "after"):  # base: before SFT, when the recipe has an SFT stage
         for suite, report in results.get(tag, {}).items():
             extra = " ".join(f"{k} {v:.3f}" for k, v in report.items() if k.startswith("pass@"))
             tokens = f"thinking {report.get('mean_thinking_tokens', 0):.1f} + answer {report.get('mean_answer_tokens', 0):.1f} tok"
             print(f"  held-out {tag:6s} {suite}: accuracy {report['accuracy']:.3f} {extra} {tokens}")
+    _print_sweeps(run_dir)
     metrics = RunDir(run_dir.parent, run_dir.name).read_metrics()
-    if metrics:
+    if metrics and "reward/mean" in metrics[0]:
         first, last = metrics[: max(1, len(metrics) // 4)], metrics[-max(1, len(metrics) // 4) :]
         mean = lambda rows: sum(r["reward/mean"] for r in rows) / len(rows)  # noqa: E731
         print(f"  train reward: first quarter {mean(first):.3f} -> last quarter {mean(last):.3f}")
     print(f"  checkpoint: {results.get('checkpoint')}")
+
+
+def _print_sweeps(run_dir: Path) -> None:
+    """The budget sweep of every saved eval tag: accuracy (forced-close share) per thinking budget."""
+    for path in sorted((run_dir / "eval").glob("*_budget_sweep.json")):
+        sweep = json.loads(path.read_text())
+        cells = " ".join(f"{p['budget']}:{p['accuracy']:.2f}({p['forced_close_share']:.0%})" for p in sweep["points"])
+        print(f"  budget sweep {path.name.removesuffix('_budget_sweep.json'):6s} [{sweep['mode']}] {cells}")
 
 
 def _print_distill_summary(results: dict, run_dir: Path, seconds: float) -> None:

@@ -5,11 +5,12 @@ validates the schema (``posttrain/core/schema.py``), then what the schema
 cannot see, each problem with its field path: a domain's own source fields
 (typed by the domain's source schemas), registered names (task domains,
 rewards, divergences, trackers), effort modes against the context window,
-models on disk, teachers' checkpoints and tokenizers, and every stage of a
-pipeline. Nothing is built or started here; a bad recipe fails before any work.
-Whatever the input (undecodable bytes, duplicate keys, alias bombs, overrides
-that index into a value), the answer is a ``RecipeError`` of bounded size,
-never a traceback: ``posttrain/yaml_safe.py`` reads the YAML.
+models on disk, teachers' checkpoints and tokenizers, an SFT dataset's file and
+columns, and every stage of a pipeline. Nothing is built or started here; a bad
+recipe fails before any work. Whatever the input (undecodable bytes, duplicate
+keys, alias bombs, overrides that index into a value), the answer is a
+``RecipeError`` of bounded size, never a traceback: ``posttrain/yaml_safe.py``
+reads the YAML.
 
 This module sits on top (it knows every domain and the distillation and
 pipeline checks); the loops and the core never import it.
@@ -26,6 +27,7 @@ import specialists.domains  # noqa: F401  (registers the built-in task domains)
 from distill.divergences import resolve_divergence
 from distill.teachers import check_teachers
 from rewards import RewardNotFound, resolve_reward
+from specialists.sft_data import check_dataset
 
 from .core.models import check_model_spec, logits_postprocessing
 from .core.modes import check_modes
@@ -171,6 +173,8 @@ def _check_resolvable(recipe: Recipe, check_files: bool = True) -> list[str]:
             resolve_divergence(recipe.distill.divergence)
         except ValueError as error:
             problems.append(f"distill.divergence: {error}")
+    if recipe.sft is not None and recipe.sft.data.source == "dataset" and check_files:
+        problems += check_dataset(recipe.sft.data, list(recipe.modes))
     if recipe.distill and not problems and check_files:
         problems += check_teachers(recipe.distill.teachers, recipe.model.path)
     if recipe.pipeline and not problems:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .budget import engine_budget_params, prompt_thinking_offset, split_thinking
+
 CPU_BLOCK_SIZE = 32  # the smallest the CPU attention backend takes (multiples of 32)
 CPU_ENGINE_ENV = {
     # In-process engine core: weight pushes hand tensors over directly, no IPC.
@@ -106,6 +108,11 @@ class EngineConfig:
     # KV block (and prefix-cache) granularity; None: 32 on CPU (vLLM's 128 re-prefilled most of a
     # budget-forced answer: bench/budget.py 0.81x -> 0.90x of plain), vLLM's default on GPU
     block_size: int | None = None
+    # two_phase: stop at the budget, answer in a second request (below); engine: vLLM's own
+    # thinking_token_budget in one request (rollout/budget.py; bench/budget.py compares them)
+    budget_forcing: str = "two_phase"
+    think_open: str = "<think>"  # the engine path's reasoning_config: where thinking starts and its close
+    think_close: str = "</think>"
 
 
 @dataclass
@@ -139,6 +146,11 @@ class RolloutEngine:
         block_size = config.block_size or (None if torch.cuda.is_available() else CPU_BLOCK_SIZE)
         if block_size:
             extra["block_size"] = block_size
+        if config.budget_forcing == "engine":
+            from vllm.config.reasoning import ReasoningConfig
+
+            extra["reasoning_config"] = ReasoningConfig(reasoning_start_str=config.think_open,
+                                                        reasoning_end_str=config.think_close)
         self.llm = LLM(
             model=config.model,
             dtype=config.dtype,
@@ -194,6 +206,10 @@ class RolloutEngine:
                 forced = self._forced_close_ids(one) if one.thinking_budget is not None else None
                 tickets.append(ticket := next(self._tickets))
                 self._open[ticket] = _Ticket(index, ids, one, forced)
+                if self._engine_budget(one):  # one request, vLLM forces the close tag itself
+                    offset = prompt_thinking_offset(ids, self._open_ids())
+                    self._add_request({"prompt_token_ids": ids}, engine_budget_params(one, offset), ("budget", ticket, 0))
+                    continue
                 slots = range(one.n) if one.thinking_budget is not None else [None]
                 for slot in slots:  # thinking samples are requests of their own
                     phase = "think" if slot is not None else "plain"
@@ -231,6 +247,10 @@ class RolloutEngine:
             state.running -= 1
             if phase == "plain":
                 state.done |= {k: _completion(state.index, sample) for k, sample in enumerate(output.outputs)}
+            elif phase == "budget":
+                for k, sample in enumerate(output.outputs):
+                    state.done[k] = completion = _completion(state.index, sample)
+                    split_thinking(completion, state.spec.thinking_budget, self._engine_close_ids(), state.spec.think_close, self.tokenizer)
             elif phase == "think":
                 state.done[slot] = completion = _completion(state.index, output.outputs[0])
                 answer_params = self._close_thinking(completion, output.outputs[0], state.spec, state.forced_ids)
@@ -251,6 +271,18 @@ class RolloutEngine:
         self.llm.llm_engine.add_request(request_id, prompt, params)
         self._pending[request_id] = key
         self._open[key[1]].running += 1
+
+    def _engine_budget(self, spec: SamplingSpec) -> bool:
+        """vLLM's own budget serves this spec: engine path chosen, its close tag, no answer schema."""
+        return (self.config.budget_forcing == "engine" and spec.thinking_budget is not None
+                and spec.think_close == self.config.think_close and spec.json_schema is None)
+
+    def _open_ids(self) -> list[int]:
+        return self.tokenizer(self.config.think_open, add_special_tokens=False)["input_ids"]
+
+    def _engine_close_ids(self) -> list[int]:
+        """The ids vLLM forces at the budget: the close tag alone, as its reasoning_config encodes it."""
+        return self.tokenizer.encode(self.config.think_close, add_special_tokens=False)
 
     def _forced_close_ids(self, spec: SamplingSpec) -> list[int]:
         if spec.think_close not in self._close_ids:

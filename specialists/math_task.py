@@ -1,4 +1,7 @@
-"""The math task: GSM8K and procedural arithmetic, scored by ``math-verify``.
+"""The math task: GSM8K, procedural arithmetic and arithmetic with worked traces, scored by ``math-verify``.
+
+``arithmetic_traces`` problems also have reference completions per effort mode
+(``reference``, from ``specialists/traces.py``): what the SFT stage trains on.
 
 Training draws from the sources by weight; held-out problems are the hashed
 slice of each source that training never sees (``data.is_heldout``). Suites
@@ -12,13 +15,13 @@ from pathlib import Path
 from typing import Literal
 
 from datasets import Dataset
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from posttrain.core.schema import Source
 from posttrain.core.tasks import Problem, Task, register_task, training_pools, weighted_draw
 from rewards.math import math_verify
 
-from . import data
+from . import data, traces
 
 
 class Gsm8kSource(Source):
@@ -42,30 +45,53 @@ class ArithmeticSource(Source):
     terms: int = Field(2, ge=2, description="operands per expression")
 
 
+class ArithmeticTracesSource(Source):
+    kind: Literal["arithmetic_traces"] = Field(description="multi-digit arithmetic whose references think column by column (specialists/traces.py)")
+    count: int = Field(20000, gt=0, description="problems generated (deduplicated; 10% held out by hash)")
+    min_digits: int = Field(2, ge=1, le=9, description="fewest digits of the first operand")
+    max_digits: int = Field(5, ge=1, le=9, description="most digits of the first operand (the trace grows with it)")
+    ops: str = Field("+-*", pattern=r"^[+\-*]+$", description="operators: + and - of two multi-digit numbers, * by one digit")
+    check_modes: list[str] = Field(default_factory=lambda: ["max"], description="modes whose reference traces end with a check (the inverse operation)")
+
+    @model_validator(mode="after")
+    def _digits_ordered(self) -> ArithmeticTracesSource:
+        if self.min_digits > self.max_digits:
+            raise ValueError(f"min_digits ({self.min_digits}) exceeds max_digits ({self.max_digits})")
+        return self
+
+
 def load_source(source, seed: int) -> Dataset:
     if source.kind == "gsm8k":
         return data.load_gsm8k(source.path)
     if source.kind == "arithmetic":
         return data.load_arithmetic(seed, source.count, source.max_operand, source.ops, source.terms)
+    if source.kind == "arithmetic_traces":
+        return traces.load_traces(seed, source.count, source.min_digits, source.max_digits, source.ops)
     raise ValueError(f"unknown math source kind {source.kind!r}")
 
 
 def source_name(source) -> str:
     if source.kind == "arithmetic":
         return f"arithmetic(max={source.max_operand},ops={source.ops},terms={source.terms})"
+    if source.kind == "arithmetic_traces":
+        return f"arithmetic_traces(digits={source.min_digits}-{source.max_digits},ops={source.ops})"
     return source.kind
 
 
 def _problem(row) -> Problem:
-    return Problem(row["question"], {"answer": row["answer"], "source": row["source"]}, row["source"])
+    fields = {"answer": row["answer"], "source": row["source"]}
+    if row["source"] == "arithmetic_traces":  # what its reference trace is worked from
+        fields["operands"] = (row["a"], row["b"], row["op"])
+    return Problem(row["question"], fields, row["source"])
 
 
 @register_task("math")
 class MathTask(Task):
-    sources = (Gsm8kSource, ArithmeticSource,)
+    sources = (Gsm8kSource, ArithmeticSource, ArithmeticTracesSource)
 
     def __init__(self, task_cfg, seed: int = 0):
         super().__init__(task_cfg, seed)
+        self._check_modes = {m for s in task_cfg.sources if s.kind == "arithmetic_traces" for m in s.check_modes}
         rows = lambda source: data.split_rows(load_source(source, seed), heldout=False)  # noqa: E731
         self._train = training_pools(task_cfg.sources, rows, source_name)
 
@@ -82,6 +108,14 @@ class MathTask(Task):
             raise ValueError(f"math has no held-out suite {missing}; it has {sorted(suites)} (one per source)")
         return {name: suites[name] for name in names}
 
+    def reference(self, problem: Problem, mode_name: str, mode, tags) -> str | None:
+        """Trace problems only: the answer alone, the column trace, or the trace and a check (``check_modes``)."""
+        if "operands" not in problem.fields:
+            return None
+        a, b, op = problem.fields["operands"]
+        row = {"a": a, "b": b, "op": op, "answer": problem.answer}
+        return traces.reference_text(row, mode.thinking, mode_name in self._check_modes, tags.close)
+
     @classmethod
     def suite_config(cls, suite: str) -> dict | None:
         """``gsm8k``; ``arithmetic`` (the default slice) or a slice by its suite name,
@@ -93,6 +127,11 @@ class MathTask(Task):
         if match := re.fullmatch(r"arithmetic\(max=(\d+),ops=([+\-*]+),terms=(\d+)\)", suite):
             source = {"kind": "arithmetic", "max_operand": int(match[1]), "ops": match[2], "terms": int(match[3])}
             return {"domain": "math", "sources": [source]}
+        if match := re.fullmatch(r"arithmetic_traces\(digits=(\d)-(\d),ops=([+\-*]+)\)", suite):
+            source = {"kind": "arithmetic_traces", "min_digits": int(match[1]), "max_digits": int(match[2]), "ops": match[3]}
+            return {"domain": "math", "sources": [source]}
+        if suite == "arithmetic_traces":
+            return {"domain": "math", "sources": [{"kind": "arithmetic_traces"}]}
         return None
 
     def score_suite(self, suite: str, problems: list[Problem], completions: list) -> dict[str, list[float]]:

@@ -55,6 +55,9 @@ def engine_config(recipe: Recipe, model_path: str) -> EngineConfig:
         kv_cache_gib=recipe.engine.kv_cache_gib,
         gpu_memory_utilization=recipe.engine.gpu_memory_utilization,
         tensor_parallel_size=recipe.engine.tensor_parallel_size,
+        budget_forcing=recipe.engine.budget_forcing,
+        think_open=recipe.thinking_tags.open,
+        think_close=recipe.thinking_tags.close,
     )
 
 

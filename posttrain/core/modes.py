@@ -37,6 +37,11 @@ def check_modes(recipe) -> list[str]:
             problems.append(f"task.modes.{name}: no mode named {name!r} (defined: {defined})")
         elif weight <= 0:
             problems.append(f"task.modes.{name}: weight must be > 0 (got {weight})")
+    for name, weight in (recipe.sft.modes if recipe.sft else {}).items():
+        if name not in recipe.modes:
+            problems.append(f"sft.modes.{name}: no mode named {name!r} (defined: {defined})")
+        elif weight <= 0:
+            problems.append(f"sft.modes.{name}: weight must be > 0 (got {weight})")
     for index, name in enumerate(recipe.eval.modes or []):
         if name not in recipe.modes:
             problems.append(f"eval.modes.{index}: no mode named {name!r} (defined: {defined})")

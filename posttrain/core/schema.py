@@ -97,6 +97,7 @@ class EngineSettings(Strict):
     tensor_parallel_size: int = Field(1, ge=1, le=1024, description="GPUs per engine (vLLM tensor parallelism)")
     num_cpus: float = Field(1, ge=0, description="Ray logical CPUs reserved for the engine actor")
     num_gpus: float = Field(0, ge=0, description="Ray GPUs reserved for the engine actor (0 on CPU)")
+    budget_forcing: Literal["two_phase", "engine"] = Field("two_phase", description="how thinking budgets are forced: two_phase (stop at the budget, answer in a second request joining the running batch) or engine (vLLM's own thinking_token_budget, one request); forced tokens are masked out of the loss either way (bench/budget.py compares them)")
 
 
 class LoraConfig(Strict):
@@ -235,6 +236,38 @@ class EvalConfig(Strict):
     budget_sweep: list[int] = Field(default_factory=list, max_length=1024, description="thinking budgets for the accuracy curve")
 
 
+class SftData(Strict):
+    """Where SFT examples come from: the task's own reference completions, or a dataset."""
+
+    source: Literal["task", "dataset"] = Field("task", description="task: the task writes a reference completion for each of its training problems in each mode (e.g. math's arithmetic_traces); dataset: rows of `path`")
+    path: str | None = Field(None, description="dataset only: a local .jsonl / .json / .parquet file, or a hub id (loaded with `datasets`)")
+    split: str = Field("train", description="dataset only: the split to read")
+    messages_column: str | None = Field(None, description="dataset only: a chat column ([{role, content}]): the last assistant turn is the completion, the turns before it the prompt (system + last user turn); unset: prompt_column + response_column")
+    prompt_column: str = Field("prompt", description="dataset only: the user message (when messages_column is unset)")
+    response_column: str = Field("response", description="dataset only: the assistant text; in a thinking mode it holds the thinking, the close tag, then the answer (a leading open tag is dropped: the prompt ends with it)")
+    mode_column: str | None = Field(None, description="dataset only: a column naming each row's effort mode; unset: modes drawn by sft.modes")
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> SftData:
+        if self.source == "dataset" and not self.path:
+            raise ValueError("path is required when source is dataset")
+        if self.source == "task" and self.path:
+            raise ValueError("path is set but source is task (set source: dataset)")
+        return self
+
+
+class SftConfig(Strict):
+    """Supervised fine-tuning before GRPO (``specialists/sft.py``): chat-formatted in each mode, loss on the completion."""
+
+    steps: int = Field(100, ge=0, description="optimizer steps")
+    batch_size: int = Field(16, gt=0, description="examples per step (micro-batched by trainer.micro_batch_size, length-sorted)")
+    lr: float | None = Field(None, gt=0, description="learning rate of the SFT stage; default: trainer.lr")
+    checkpoint_every: int = Field(0, ge=0, description="steps between checkpoints; 0: only the final one")
+    modes: dict[str, float] = Field(default_factory=dict, description="mode name -> share of examples formatted in it; default: task.modes")
+    data: SftData = Field(default_factory=SftData, description="where the examples come from")
+    log_samples: int = Field(2, ge=0, description="examples saved to samples.jsonl per step")
+
+
 class TeacherConfig(Strict):
     domain: str = Field(description="a key of distill.domains: whose prompts this teacher scores")
     mode: str = Field(description="the effort mode of the prompts this teacher scores")
@@ -304,6 +337,7 @@ class Recipe(Strict):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     task: TaskConfig | None = Field(None, description="a GRPO specialist run")
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+    sft: SftConfig | None = Field(None, description="SFT before GRPO, into <run>/sft/; GRPO then starts from its final weights (grpo.steps: 0 = SFT only)")
     distill: DistillConfig | None = Field(None, description="an on-policy distillation run")
     pipeline: PipelineConfig | None = Field(None, description="a whole pipeline: specialists, teachers, distillation, eval")
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -319,6 +353,8 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _fits_context(self) -> Recipe:
+        if self.sft is not None and self.task is None:
+            raise ValueError("`sft` needs `task:` (its held-out suites; with sft.data.source: task, its problems too)")
         if sum(section is not None for section in (self.task, self.distill, self.pipeline)) != 1:
             raise ValueError(
                 "a recipe has exactly one of `task` (GRPO specialist), `distill` (on-policy distillation) "

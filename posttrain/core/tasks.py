@@ -85,6 +85,12 @@ class Task:
     def heldout_suites(self, names: list[str] | None, num_problems: int) -> dict[str, list[Problem]]:
         raise NotImplementedError
 
+    def reference(self, problem: Problem, mode_name: str, mode, tags) -> str | None:
+        """A reference completion of ``problem`` in effort mode ``mode`` for SFT (``sft.data.source: task``):
+        the assistant text after the prompt -- for a thinking mode the thinking, ``tags.close``, then the
+        answer. None: this domain (or this problem's source) has none."""
+        return None
+
     @classmethod
     def suite_config(cls, suite: str) -> dict | None:
         """A task config (``TaskConfig`` fields, as a dict) whose held-out suites are ``suite``, or None
