@@ -34,7 +34,7 @@ sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Pa
 
 from posttrain.core.chat import prompt_ids  # noqa: E402
 from posttrain.core.models import resolve_model  # noqa: E402
-from posttrain.recipe import EffortMode  # noqa: E402
+from posttrain.core.schema import EffortMode  # noqa: E402
 from rollout.engine import EngineConfig, SamplingSpec, cpu_engine_env  # noqa: E402
 
 QUESTIONS = ("What is {a} + {b}?", "What is {a} times {b}?", "Tom has {a} apples and eats {b}. How many are left?")
