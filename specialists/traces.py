@@ -2,7 +2,7 @@
 
 Multi-digit addition, subtraction and multiplication by one digit, of mixed sizes
 (``min_digits``..``max_digits``). Every row carries its reference completions: a trace
-worked column by column (``7+5+1=13, write 3 carry 1``), so the trace grows with the
+worked column by column (``7+5+1=13, write 3 carry 1, so far 32``), so the trace grows with the
 number of digits and a thinking budget that cuts it short leaves the model guessing.
 That is what makes accuracy climb with the budget; one-digit sums (``arithmetic``)
 are answered from memory and the budget changes nothing.
@@ -25,39 +25,60 @@ OPS = "+-*"
 
 
 def column_trace(a: int, b: int, op: str) -> tuple[list[str], int]:
-    """The column-by-column lines of ``a op b`` (right to left) and its value (``a >= b`` for ``-``)."""
+    """The column-by-column lines of ``a op b`` (right to left) and its value (``a >= b`` for ``-``).
+
+    Every line ends with the digits written so far (``so far 23``), so the answer is the
+    last line's tally: the model never has to read its own column digits back in reverse.
+    """
     if op == "*":
-        return _multiply_lines(a, b), a * b
+        steps = _multiply_steps(a, b)
+    else:
+        steps = _add_steps(a, b) if op == "+" else _subtract_steps(a, b)
+    lines, written = [], ""
+    for text, digit in steps:
+        written = f"{digit}{written}"
+        lines.append(f"{text}, so far {written}")
+    return lines, a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def _digit_pairs(a: int, b: int) -> zip:
     width = max(len(str(a)), len(str(b)))
-    digits_a, digits_b = str(a).zfill(width)[::-1], str(b).zfill(width)[::-1]
-    lines, carry = [], 0
-    for da, db in zip(map(int, digits_a), map(int, digits_b)):
-        if op == "+":
-            total = da + db + carry
-            lines.append(f"{da}+{db}+{carry}={total}, write {total % 10} carry {total // 10}")
-            carry = total // 10
-        else:
-            value = da - db - carry
-            if value >= 0:
-                lines.append(f"{da}-{db}-{carry}={value}, write {value} borrow 0")
-                carry = 0
-            else:  # borrow ten from the next column
-                lines.append(f"{da}-{db}-{carry}<0, 1{da}-{db}-{carry}={value + 10}, write {value + 10} borrow 1")
-                carry = 1
-    if op == "+" and carry:
-        lines.append(f"write {carry}")
-    return lines, a + b if op == "+" else a - b
+    return zip(map(int, str(a).zfill(width)[::-1]), map(int, str(b).zfill(width)[::-1]))
 
 
-def _multiply_lines(a: int, digit: int) -> list[str]:
-    lines, carry = [], 0
-    for da in map(int, str(a)[::-1]):
-        total = da * digit + carry
-        lines.append(f"{da}*{digit}+{carry}={total}, write {total % 10} carry {total // 10}")
+def _add_steps(a: int, b: int) -> list[tuple[str, int]]:
+    steps, carry = [], 0
+    for da, db in _digit_pairs(a, b):
+        total = da + db + carry
+        steps.append((f"{da}+{db}+{carry}={total}, write {total % 10} carry {total // 10}", total % 10))
         carry = total // 10
     if carry:
-        lines.append(f"write {carry}")
-    return lines
+        steps.append((f"write {carry}", carry))
+    return steps
+
+
+def _subtract_steps(a: int, b: int) -> list[tuple[str, int]]:
+    steps, borrow = [], 0
+    for da, db in _digit_pairs(a, b):
+        value = da - db - borrow
+        if value >= 0:
+            steps.append((f"{da}-{db}-{borrow}={value}, write {value} borrow 0", value))
+            borrow = 0
+        else:  # borrow ten from the next column
+            steps.append((f"{da}-{db}-{borrow}<0, 1{da}-{db}-{borrow}={value + 10}, write {value + 10} borrow 1", value + 10))
+            borrow = 1
+    return steps
+
+
+def _multiply_steps(a: int, digit: int) -> list[tuple[str, int]]:
+    steps, carry = [], 0
+    for da in map(int, str(a)[::-1]):
+        total = da * digit + carry
+        steps.append((f"{da}*{digit}+{carry}={total}, write {total % 10} carry {total // 10}", total % 10))
+        carry = total // 10
+    if carry:
+        steps.append((f"write {carry}", carry))
+    return steps
 
 
 def check_line(a: int, b: int, op: str, value: int) -> str:

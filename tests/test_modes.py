@@ -1,5 +1,6 @@
 """Effort modes as recipe data: defaults, validation with field paths, mode assignment, prompts."""
 
+import copy
 from collections import Counter
 
 import pytest
@@ -111,3 +112,34 @@ def test_non_thinking_default_mode_formats_exactly_as_plain_chat(tokenizer):
     assert prompt_ids(tokenizer, "What is 2 + 2?", mode=EffortMode(max_tokens=64)) == plain
     with_instruction = tokenizer.decode(prompt_ids(tokenizer, "Q", mode=EffortMode(max_tokens=64, instruction="Be brief.")))
     assert "Be brief." in with_instruction and "<think>" not in with_instruction
+
+
+# A Qwen3-style template: it knows the tags and has its own switch; with thinking off it
+# writes an empty thinking block itself, and a custom switch reaches it from template_kwargs.
+QWEN3_STYLE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}"
+    "{% if effort is defined %}[effort {{ effort }}]{% endif %}{% endif %}"
+)
+
+
+@pytest.fixture
+def qwen3_style(tokenizer):
+    native = copy.deepcopy(tokenizer)
+    native.chat_template = QWEN3_STYLE + "{# <think> #}"
+    return native
+
+
+def test_native_template_gets_its_own_switch_per_mode(qwen3_style):
+    non_think = qwen3_style.decode(prompt_ids(qwen3_style, "Q", mode=EffortMode(max_tokens=64)))
+    assert non_think.endswith("assistant\n<think>\n\n</think>\n\n")  # the template's own empty block
+    high = qwen3_style.decode(prompt_ids(qwen3_style, "Q", mode=EffortMode(thinking=True, thinking_budget=32, max_tokens=64)))
+    assert high.endswith("assistant\n<think>\n") and "between <think>" not in high  # no instruction about tags
+
+
+def test_template_kwargs_reach_the_template(qwen3_style):
+    mode = EffortMode(thinking=True, thinking_budget=32, max_tokens=64, template_kwargs={"effort": "max"},
+                      instruction="Reasoning effort: maximum.")
+    text = qwen3_style.decode(prompt_ids(qwen3_style, "Q", mode=mode))
+    assert "[effort max]<think>\n" in text and "Reasoning effort: maximum." in text

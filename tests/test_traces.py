@@ -26,6 +26,7 @@ def test_every_trace_states_the_right_answer():
         assert value == eval(f"{a} {op} {b}")
         written = [line.split("write ")[1].split()[0].rstrip(",") for line in lines]
         assert int("".join(reversed(written))) == value  # the digits written, read back, are the answer
+        assert int(lines[-1].rsplit("so far ", 1)[1]) == value  # and the last tally states it
 
 
 def test_traces_grow_with_the_number_of_digits():

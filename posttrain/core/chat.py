@@ -5,7 +5,9 @@ reaches the model the same way everywhere: the mode's instruction as the system
 message and, for a thinking mode, the thinking tags. For templates that do not
 know the tags (SmolLM2's) we say how to use them in the system message; either
 way a thinking prompt ends with the open tag, so the completion starts inside
-the thinking block.
+the thinking block. Templates with their own switch (Qwen3's ``enable_thinking``)
+get it from the mode, and a mode's ``template_kwargs`` pass any other switch
+(docs/thinking.md shows both kinds of template).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def prompt_ids(tokenizer, user_message: str, system: str | None = None, mode=Non
         {"role": "user", "content": user_message}
     ]
     extra = {"enable_thinking": thinking} if native and mode is not None else {}
+    extra |= mode.template_kwargs if mode is not None else {}
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
     if thinking and not text.rstrip().endswith(tags.open):
         text += tags.open + "\n"

@@ -150,7 +150,12 @@ class EffortMode(Strict):
     thinking: bool = Field(False, description="whether the model thinks (between the thinking tags) before answering")
     thinking_budget: int | None = Field(None, gt=0, le=MAX_CONTEXT, description="thinking tokens before the close tag is forced")
     max_tokens: int = Field(gt=0, le=MAX_CONTEXT, description="completion tokens in all: thinking + close tag + answer")
-    instruction: str | None = Field(None, description="system instruction for this mode")
+    instruction: str | None = Field(None, description="system instruction for this mode (e.g. a max-effort system line)")
+    template_kwargs: dict[str, bool | int | float | str] = Field(
+        default_factory=dict,
+        description="extra chat-template switches for this mode, e.g. {enable_thinking: false} for a Qwen3-style "
+        "template; a template whose text holds the open tag gets enable_thinking = thinking unless set here",
+    )
     overlong_buffer: int = Field(0, ge=0, le=MAX_CONTEXT, description="DAPO soft overlong punishment: the last N tokens before max_tokens")
     overlong_penalty: float = Field(1.0, ge=0, description="DAPO: the penalty at max_tokens")
     target_length: int | None = Field(None, gt=0, le=MAX_CONTEXT, description="L1-style: penalise |completion tokens - target|")
