@@ -29,11 +29,11 @@ from pathlib import Path
 
 import ray
 import yaml
-from transformers import AutoTokenizer
 
 from .core.checkpoints import engine_model_dir
 from .core.driver import start_engine
 from .core.evaluation import budget_sweep, cells_for, evaluate_cells
+from .core.models import load_tokenizer
 from .core.modes import sweep_mode_name
 from .core.rundir import RunDir
 from .core.schema import TaskConfig
@@ -201,7 +201,7 @@ def evaluate_checkpoint(recipe, checkpoint: str, groups, base: str | None = None
     task_suites = [(task, task.heldout_suites(names, recipe.eval.num_problems)) for task, names in tasks]
     with engine_model_dir(checkpoint, base) as model_dir:
         engine = start_engine(recipe, model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = load_tokenizer(model_dir, recipe.model)
         try:
             cells = [cell for task, suites in task_suites for cell in cells_for(task, suites, modes)]
             report = evaluate_cells(engine, tokenizer, cells, recipe.thinking_tags,
