@@ -166,7 +166,8 @@ def _check_resolvable(recipe: Recipe, check_files: bool = True) -> list[str]:
         problems += check_model_config(recipe.model)
     for where, task in task_configs(recipe).items():
         if check_files:
-            problems += [f"{where}.{path}: {message}" for path, message in check_task_data(task)]
+            training = recipe.grpo.steps > 0 if where == "task" else True
+            problems += [f"{where}.{path}: {message}" for path, message in check_task_data(task, training)]
         for index, spec in enumerate(task.rewards):
             try:
                 resolve_reward(spec.name)

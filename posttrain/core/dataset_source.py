@@ -113,6 +113,8 @@ def open_split(path: str, split: str, subset: str | None = None, format: str | N
         try:
             loaded = load_dataset(kind, data_files=_data_files(local))
         except Exception as error:  # noqa: BLE001 - pyarrow / json errors: say which file and format
+            if "corresponds to no data" in str(error):  # datasets' words for a file with no rows
+                raise DatasetError(f"{path!r} holds no rows (an empty split)") from None
             raise DatasetError(f"cannot read {path!r} as {kind}: {_first_line(error)}") from None
         return _pick_split(loaded, split, path, local_file=True)
     if not looks_like_hub_id(path) or Path(path).suffix in FORMATS:

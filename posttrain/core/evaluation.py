@@ -107,11 +107,11 @@ def score_cells(engine, tokenizer, cells: list[EvalCell], tags: ThinkingTags, pa
     results = []
     for index, cell in enumerate(cells):
         prompts, completions = greedy[index]
-        scores = cell.task.score_suite(cell.suite, cell.problems, completions)
+        scores = cell.task.score(cell.suite, cell.problems, completions)
         sampled_scores = None
         if sampled is not None:
             repeated = [p for p in cell.problems for _ in range(pass_k)]
-            sampled_scores = cell.task.score_suite(cell.suite, repeated, sampled[index][1])
+            sampled_scores = cell.task.score(cell.suite, repeated, sampled[index][1])
         entry = {"suite": cell.suite, "mode": cell.mode_name,
                  **_suite_report(completions, scores, sampled_scores, pass_k), "scores": scores}
         results.append(CellResult(cell, entry, prompts, completions))

@@ -36,7 +36,7 @@ import ray
 from pydantic import ValidationError
 
 from posttrain.plugins import Registry, get_subclass
-from rewards import Sample, as_weighted
+from rewards import Sample, as_weighted, score_batch
 
 from .chat import prompt_ids
 from .dataset_source import DatasetSource, check_dataset_source, dataset_rows, row_problem, suite_name
@@ -69,6 +69,7 @@ class Task:
     domain = "?"
     sources: tuple[type[SourceConfig], ...] = ()  # the domain's source schemas (``schema.Source`` subclasses)
     multi_turn = False  # True: ``rollout`` runs episodes of several model turns (the agent)
+    score_by_rewards = False  # True (``posttrain eval --reward``): suites are scored by the task's rewards
     dataset_fields: tuple[str, ...] = ()  # what a ``dataset`` source's rows must carry (mapped by its ``columns``)
 
     def __init__(self, task_cfg, seed: int = 0):
@@ -143,6 +144,15 @@ class Task:
         ``completions[i]`` answers ``problems[i]``; ``"score"`` is the headline metric.
         """
         raise NotImplementedError
+
+    def score(self, suite: str, problems: list[Problem], completions: list) -> dict[str, list[float]]:
+        """What the eval calls: the suite's own scorer, or (``score_by_rewards``) the weighted sum of the
+        task's rewards (``score``) and each reward's own value (``reward/<name>``)."""
+        if not self.score_by_rewards:
+            return self.score_suite(suite, problems, completions)
+        samples = [self.reward_sample(p, c) for p, c in zip(problems, completions)]
+        scored = score_batch(self.rewards, samples)
+        return {"score": scored.scores, **{f"reward/{name}": values for name, values in scored.per_reward.items()}}
 
     @classmethod
     def source_kinds(cls) -> list[str]:
