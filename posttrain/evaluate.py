@@ -140,7 +140,8 @@ def _dataset_plan(args, checkpoint: str, data: dict):
     if args.rewards:
         task["rewards"] = [{"name": name, "weight": float(weight or 1)} for name, weight in
                            (spec.partition("=")[::2] for spec in args.rewards)]
-    data["task"], data.pop("distill", None), data.pop("pipeline", None)
+    data["task"] = task
+    data.pop("distill", None), data.pop("pipeline", None)
     data.setdefault("grpo", {})["steps"] = 0  # an eval-only source trains nothing
     data.setdefault("model", {})["path"] = _validation_model(checkpoint, args.base)
     recipe = validate_recipe(data, origin=f"--dataset {args.dataset}")

@@ -2,16 +2,19 @@
 columns reaching rewards as keyword arguments, and the errors ``posttrain check`` gives for data that
 does not fit. Local files only; no engine."""
 
+import argparse
 import json
 
 import pandas as pd
 import pytest
 
+from posttrain.cli import main
 from posttrain.core import hub
 from posttrain.core.dataset_source import DatasetSource, check_dataset_source, is_heldout
 from posttrain.core.models import check_model_config, check_model_spec, load_tokenizer
 from posttrain.core.schema import EffortMode, ModelConfig, TaskConfig
 from posttrain.core.tasks import make_task
+from posttrain.evaluate import add_arguments, plan
 from rewards import Sample, score_locally
 from rewards.scoring import accepted_fields
 from specialists import domains  # noqa: F401  (registers the built-in domains)
@@ -138,3 +141,16 @@ def test_model_settings_trust_remote_code_template_and_pad(tmp_path, tiny_model_
     assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<user>hi<assistant>"
     assert tokenizer.pad_token_id is not None
     assert check_model_config(ModelConfig(chat_template="no/such/file.jinja"))
+
+
+def test_eval_dataset_plans_one_eval_only_suite_and_refuses_a_wrong_column(math_file):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["tiny-random", "--dataset", str(math_file), "--domain", "math", "--prompt-column", "problem",
+                              "--column", "answer=final", "--reward", "math_verify", "--reward", "tests.data_reward:bonus_if_correct=0.5"])
+    recipe, groups = plan(args, "tiny-random")
+    (cfg, suites), = groups
+    assert suites == ["dataset(mine)"] and cfg["sources"][0]["heldout"] == "all"
+    assert [(r.name, r.weight) for r in recipe.task.rewards] == [("math_verify", 1.0), ("tests.data_reward:bonus_if_correct", 0.5)]
+    assert main(["eval", "tiny-random", "--dataset", str(math_file), "--domain", "math", "--prompt-column", "problem",
+                 "--column", "answer=finl"]) == 2
