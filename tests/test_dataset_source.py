@@ -58,8 +58,13 @@ def test_filter_heldout_modes_and_a_named_split(math_file, tmp_path):
     assert {p.fields["difficulty"] for step in range(10) for p in only.sample(step, 8)} == {0}
     evaluated = make_task(TaskConfig(domain="math", sources=[math_source(math_file, heldout="all"), math_source(math_file, heldout="none", name="t")]))
     assert len(evaluated.heldout_suites(["dataset(mine)"], 1000)["dataset(mine)"]) == len(ROWS)
-    pd.DataFrame(ROWS).to_parquet(tmp_path / "train.parquet")
-    pd.DataFrame(ROWS[:5]).to_parquet(tmp_path / "test.parquet")
+    (tmp_path / "splits").mkdir()
+    pd.DataFrame(ROWS[5:]).to_parquet(tmp_path / "splits" / "train.parquet")
+    pd.DataFrame(ROWS[:5]).to_parquet(tmp_path / "splits" / "test.parquet")
+    split = make_task(TaskConfig(domain="math", sources=[math_source(tmp_path / "splits", heldout_split="test")]))
+    assert [p.question for p in split.heldout_suites(None, 100)["dataset(splits)"]] == [r["problem"] for r in ROWS[:5]]
+    assert not {p.question for p in split.sample(0, 32)} & {r["problem"] for r in ROWS[:5]}
+    assert check(math_source(tmp_path / "splits", heldout_split="dev"))[0].startswith("task.sources.0.path: ")
 
 
 def test_messages_prompts_keep_system_and_few_shot_turns_under_a_mode(tmp_path, tiny_model_path):

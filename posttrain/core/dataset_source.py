@@ -99,24 +99,20 @@ def _local_format(path: Path, declared: str | None) -> str:
     return suffixes.pop()
 
 
-def _data_files(path: Path) -> list[str] | str:
-    if path.is_dir():
-        return [str(p) for p in sorted(path.rglob("*")) if p.suffix in FORMATS]
-    return str(path)
-
-
 def open_split(path: str, split: str, subset: str | None = None, format: str | None = None) -> Dataset:
-    """One split of a local file / directory (all its rows are the split ``train``) or of a hub dataset."""
+    """One split of a local file (its rows are the split ``train``), of a local directory (splits by file
+    name: ``train.parquet``, ``test.parquet``, ``data/train-*.jsonl``; otherwise ``train``) or of a hub dataset."""
     local = Path(path).expanduser()
     if local.exists():
         kind = _local_format(local, format)
         try:
-            loaded = load_dataset(kind, data_files=_data_files(local))
+            where = {"data_dir": str(local)} if local.is_dir() else {"data_files": str(local)}
+            loaded = load_dataset(kind, **where)
         except Exception as error:  # noqa: BLE001 - pyarrow / json errors: say which file and format
             if "corresponds to no data" in str(error):  # datasets' words for a file with no rows
                 raise DatasetError(f"{path!r} holds no rows (an empty split)") from None
             raise DatasetError(f"cannot read {path!r} as {kind}: {_first_line(error)}") from None
-        return _pick_split(loaded, split, path, local_file=True)
+        return _pick_split(loaded, split, path)
     if not looks_like_hub_id(path) or Path(path).suffix in FORMATS:
         raise DatasetError(f"file {path!r} does not exist (relative paths are from the working directory, {Path.cwd()})")
     if message := unreachable_message(path, "dataset", LOCAL_HINT):
@@ -125,12 +121,10 @@ def open_split(path: str, split: str, subset: str | None = None, format: str | N
         loaded = load_dataset(path, subset)
     except Exception as error:  # noqa: BLE001 - an unknown id, a gated one, a missing subset
         raise DatasetError(f"cannot load hub dataset {path!r}: {_first_line(error)}") from None
-    return _pick_split(loaded, split, path, local_file=False)
+    return _pick_split(loaded, split, path)
 
 
-def _pick_split(loaded: DatasetDict, split: str, path: str, local_file: bool) -> Dataset:
-    if local_file and split not in loaded and list(loaded) == ["train"]:
-        return loaded["train"]  # a file is one split, whatever the recipe calls it
+def _pick_split(loaded: DatasetDict, split: str, path: str) -> Dataset:
     if split not in loaded:
         raise DatasetError(f"{path!r} has no split {split!r} (splits: {sorted(loaded)})")
     return loaded[split]
