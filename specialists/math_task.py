@@ -17,7 +17,7 @@ from typing import Literal
 from datasets import Dataset
 from pydantic import Field, field_validator, model_validator
 
-from posttrain.core.dataset_source import FORMATS, DatasetSource, check_dataset_source, suite_name
+from posttrain.core.dataset_source import FORMATS, DatasetSource, check_dataset_source, shared_hint, suite_name
 from posttrain.core.hub import looks_like_hub_id
 from posttrain.core.schema import Source
 from posttrain.core.tasks import Problem, Task, register_task, training_pools, weighted_draw
@@ -35,8 +35,7 @@ class Gsm8kSource(Source):
     def _exists_or_hub_id(cls, path: str) -> str:
         looks_local = not looks_like_hub_id(path) or path.endswith(tuple(FORMATS))
         if looks_local and not Path(path).expanduser().exists():
-            shared = " (../shared sits beside a posttrain checkout: run from the checkout, or give an absolute path)" if path.startswith("../shared") else ""
-            raise ValueError(f"file {path!r} does not exist (relative paths are from the working directory, {Path.cwd()}){shared}")
+            raise ValueError(f"file {path!r} does not exist (relative paths are from the working directory, {Path.cwd()}){shared_hint(path)}")
         return path
 
     def as_dataset(self) -> DatasetSource:

@@ -87,6 +87,13 @@ def suite_name(source: DatasetSource) -> str:
     return f"dataset({path.stem if not looks_like_hub_id(source.path) or path.exists() else source.path})"
 
 
+def shared_hint(path: str) -> str:
+    """``../shared`` is beside a posttrain checkout: a recipe naming it works from the checkout only."""
+    if Path(path).parts[:2] == ("..", "shared"):
+        return "; ../shared sits beside a posttrain checkout: run from the checkout's root, or give an absolute path"
+    return ""
+
+
 def _local_format(path: Path, declared: str | None) -> str:
     files = sorted(p for p in path.rglob("*") if p.suffix in FORMATS) if path.is_dir() else [path]
     suffixes = {FORMATS.get(p.suffix) for p in files}
@@ -114,7 +121,7 @@ def open_split(path: str, split: str, subset: str | None = None, format: str | N
             raise DatasetError(f"cannot read {path!r} as {kind}: {_first_line(error)}") from None
         return _pick_split(loaded, split, path)
     if not looks_like_hub_id(path) or Path(path).suffix in FORMATS:
-        raise DatasetError(f"file {path!r} does not exist (relative paths are from the working directory, {Path.cwd()})")
+        raise DatasetError(f"file {path!r} does not exist (relative paths are from the working directory, {Path.cwd()}){shared_hint(path)}")
     if message := unreachable_message(path, "dataset", LOCAL_HINT):
         raise DatasetError(message)
     try:
