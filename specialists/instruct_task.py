@@ -107,7 +107,8 @@ class InstructTask(Task):
         self._train = training_pools(task_cfg.sources, lambda source: self._rows(source, False), source_name)
 
     def user_message(self, problem: Problem) -> str:
-        return with_instruction(problem, "")  # a dataset source's own instruction only; never task.instruction
+        # as written (IFBench's prompts reach the model unchanged); a dataset source's own instruction only
+        return with_instruction(problem, "") if problem.instruction else problem.question
 
     def _rows(self, source, heldout: bool):
         if source.kind == "dataset":
