@@ -150,7 +150,8 @@ class AgentTask(Task):
         own = context_system(problem)
         return f"{own}\n{system_prompt(problem.fields['tools'])}" if own else system_prompt(problem.fields["tools"])
 
-    def dataset_problem(self, problem: Problem) -> Problem:
+    @classmethod
+    def dataset_problem(cls, problem: Problem) -> Problem:
         """A row of your own: its tools as schema-only functions (calls recorded, not run, as BFCL's), scored
         by ``expected_calls`` (the env's outcome: exactly those calls, in order)."""
         fields = problem.fields

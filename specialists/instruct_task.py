@@ -115,7 +115,8 @@ class InstructTask(Task):
             return self.dataset_problems(source, heldout)
         return data.split_rows(load_source(source, self.seed), heldout=heldout)
 
-    def dataset_problem(self, problem: Problem) -> Problem:
+    @classmethod
+    def dataset_problem(cls, problem: Problem) -> Problem:
         """Constraint ids and kwargs as lists, from JSON text too; kwargs' nulls dropped (parquet fills a
         struct's missing keys with them, and a checker takes only its own arguments)."""
         fields = problem.fields

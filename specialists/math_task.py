@@ -109,7 +109,8 @@ class MathTask(Task):
             return self.dataset_problems(source, heldout)
         return data.split_rows(load_source(source, self.seed), heldout=heldout)
 
-    def dataset_problem(self, problem: Problem) -> Problem:
+    @classmethod
+    def dataset_problem(cls, problem: Problem) -> Problem:
         """The reference answer as text, whatever the file held (``42``, ``42.0``, ``"$42"``)."""
         answer = problem.fields.get("answer")
         problem.fields["answer"] = str(int(answer) if isinstance(answer, float) and answer.is_integer() else answer)

@@ -13,7 +13,7 @@ from posttrain.core import hub
 from posttrain.core.dataset_source import DatasetSource, check_dataset_source, is_heldout
 from posttrain.core.models import check_model_config, check_model_spec, load_tokenizer
 from posttrain.core.schema import EffortMode, ModelConfig, TaskConfig
-from posttrain.core.tasks import make_task
+from posttrain.core.tasks import check_task_data, make_task
 from posttrain.evaluate import add_arguments, plan
 from rewards import Sample, score_locally
 from rewards.scoring import accepted_fields
@@ -134,6 +134,16 @@ def test_data_that_does_not_fit_is_named_with_the_columns_that_are_there(math_fi
     assert "local" in check_model_spec("someorg/somemodel")
 
 
+def test_check_reads_rows_as_the_domain_will(tmp_path):
+    rows = [{"prompt": f"Write about {i}.", "instruction_id_list": '["change_case:english_lowercase"]', "kwargs": "[{bad"}
+            for i in range(20)]
+    (tmp_path / "if.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    cfg = TaskConfig(domain="instruct", rewards=[{"name": "if_constraints"}],
+                     sources=[DatasetSource(kind="dataset", path=str(tmp_path / "if.jsonl"))])
+    found = check_task_data(cfg)
+    assert len(found) == 1 and found[0][0] == "sources.0.columns" and "JSONDecodeError" in found[0][1]
+
+
 def test_model_settings_trust_remote_code_template_and_pad(tmp_path, tiny_model_path):
     model = tmp_path / "model"
     model.mkdir()
@@ -144,7 +154,11 @@ def test_model_settings_trust_remote_code_template_and_pad(tmp_path, tiny_model_
     template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
     tokenizer = load_tokenizer(tiny_model_path, ModelConfig(path=tiny_model_path, chat_template=template))
     assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<user>hi<assistant>"
-    assert tokenizer.pad_token_id is not None
+    unpadded = load_tokenizer(tiny_model_path)
+    unpadded.pad_token = None
+    unpadded.save_pretrained(tmp_path / "nopad")
+    padded = load_tokenizer(str(tmp_path / "nopad"))
+    assert padded.pad_token_id == padded.eos_token_id is not None
     assert check_model_config(ModelConfig(chat_template="no/such/file.jinja"))
 
 

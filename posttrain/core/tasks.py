@@ -105,8 +105,10 @@ class Task:
             problems.append(self.dataset_problem(problem))
         return problems
 
-    def dataset_problem(self, problem: Problem) -> Problem:
-        """A domain's last word on a dataset row's problem (types its fields: e.g. math's answer as text)."""
+    @classmethod
+    def dataset_problem(cls, problem: Problem) -> Problem:
+        """A domain's last word on a dataset row's problem (types its fields: e.g. math's answer as text);
+        raises ``ValueError`` / ``TypeError`` on a row it cannot read (``posttrain check`` runs it)."""
         return problem
 
     @classmethod
@@ -114,7 +116,21 @@ class Task:
         """What is wrong with a typed source's data (messages start with ``where``); cheap enough for
         ``posttrain check``: a ``dataset`` source's file, split and columns against ``dataset_fields``."""
         if isinstance(source, DatasetSource):
-            return check_dataset_source(source, where, cls.dataset_fields)
+            return check_dataset_source(source, where, cls.dataset_fields) or cls._check_rows(source, where)
+        return []
+
+    @classmethod
+    def _check_rows(cls, source: DatasetSource, where: str, count: int = 64) -> list[str]:
+        """The domain reads the first ``count`` rows as it will in the run (e.g. JSON text in a kwargs column)."""
+        rows = dataset_rows(source, heldout=False) or dataset_rows(source, heldout=True)
+        for index, row in enumerate(rows[:count]):
+            try:
+                question, context, fields = row_problem(row, source, cls.dataset_fields, "?")
+                cls.dataset_problem(Problem(question, fields, context=context))
+            except (ValueError, TypeError, KeyError, AttributeError) as error:  # json.JSONDecodeError is a ValueError
+                columns = {name: source.columns.get(name, name) for name in cls.dataset_fields}
+                return [f"{where}.columns: row {index}: {cls.domain} cannot read its fields {columns}: "
+                        f"{type(error).__name__}: {str(error)[:200]}"]
         return []
 
     def reward_sample(self, problem: Problem, completion) -> Sample:
