@@ -27,6 +27,7 @@ point); no other file changes.
 
 from __future__ import annotations
 
+import logging
 import random
 import typing
 from collections.abc import Sequence
@@ -39,8 +40,12 @@ from posttrain.plugins import Registry, get_subclass
 from rewards import Sample, as_weighted, score_batch
 
 from .chat import prompt_ids
-from .dataset_source import DatasetSource, check_dataset_source, dataset_rows, row_problem, suite_name
+from .dataset_source import HELDOUT_PERCENT, DatasetSource, check_dataset_source, dataset_rows, row_problem, suite_name
 from .schema import SourceConfig
+
+
+log = logging.getLogger("posttrain.tasks")
+FEW_HELDOUT = 20  # fewer held-out problems than this from a hash slice: warn (a 20-row file leaves ~2)
 
 
 @dataclass
@@ -103,6 +108,10 @@ class Task:
             question, context, fields = row_problem(row, source, self.dataset_fields, name)
             problem = Problem(question, fields, name, f"{name}-{index}", context, source.instruction)
             problems.append(self.dataset_problem(problem))
+        if heldout and source.heldout == "hash" and not source.heldout_split and len(problems) < FEW_HELDOUT:
+            log.warning("%s: only %d held-out row(s) (the stable %d%% hash slice); its eval is noise. Give a held-out "
+                        "split (heldout_split) or evaluate on a file of your own: posttrain eval CHECKPOINT --dataset FILE "
+                        "--domain %s", name, len(problems), HELDOUT_PERCENT, self.domain)
         return problems
 
     @classmethod
