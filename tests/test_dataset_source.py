@@ -64,7 +64,8 @@ def test_filter_heldout_modes_and_a_named_split(math_file, tmp_path):
     split = make_task(TaskConfig(domain="math", sources=[math_source(tmp_path / "splits", heldout_split="test")]))
     assert [p.question for p in split.heldout_suites(None, 100)["dataset(splits)"]] == [r["problem"] for r in ROWS[:5]]
     assert not {p.question for p in split.sample(0, 32)} & {r["problem"] for r in ROWS[:5]}
-    assert check(math_source(tmp_path / "splits", heldout_split="dev"))[0].startswith("task.sources.0.path: ")
+    assert check(math_source(tmp_path / "splits", heldout_split="dev")) == [
+        f"task.sources.0.heldout_split: '{tmp_path / 'splits'}' has no split 'dev' (splits: ['test', 'train'])"]
 
 
 def test_messages_prompts_keep_system_and_few_shot_turns_under_a_mode(tmp_path, tiny_model_path):

@@ -175,9 +175,12 @@ def check_dataset_source(source: DatasetSource, where: str, required: tuple[str,
     """Every problem with ``source`` for a domain whose problems need ``required`` fields, each naming its field path."""
     try:
         rows = open_split(source.path, source.split, source.subset, source.format)
+    except DatasetError as error:
+        return [f"{where}.{'split' if 'has no split' in str(error) else 'path'}: {error}"]
+    try:
         heldout_rows = open_split(source.path, source.heldout_split, source.subset, source.format) if source.heldout_split else None
     except DatasetError as error:
-        return [f"{where}.path: {error}"]
+        return [f"{where}.heldout_split: {error}"]
     columns = rows.column_names
     there = f"(columns: {columns})"
     problems = [f"{where}.{field}: no column {column!r} in {source.path} {there}" for field, column in _wanted(source, required).items()
@@ -186,9 +189,9 @@ def check_dataset_source(source: DatasetSource, where: str, required: tuple[str,
         problems.append(f"{where}.heldout_split: split {source.heldout_split!r} has other columns ({heldout_rows.column_names}) than {source.split!r} {there}")
     if problems:
         return problems
-    kept = _filtered(rows, source)
     if len(rows) == 0:
         return [f"{where}.split: split {source.split!r} of {source.path} is empty {there}"]
+    kept = _filtered(rows, source)
     if len(kept) == 0:
         return [f"{where}.filter: no row of {source.path} ({len(rows)} rows) passes {source.filter}"]
     try:
@@ -236,6 +239,12 @@ def row_problem(row: dict, source: DatasetSource, fields: tuple[str, ...], name:
     values |= {name: row[column] for name, column in mapped.items() if column in row}
     values["source"] = name
     return question, context, values
+
+
+def first_rows(source: DatasetSource, count: int) -> list[dict]:
+    """The first ``count`` rows of ``split`` that pass the filter (what a check reads; never the whole set)."""
+    rows = _filtered(open_split(source.path, source.split, source.subset, source.format), source)
+    return list(rows.select(range(min(count, len(rows)))))
 
 
 def dataset_rows(source: DatasetSource, heldout: bool) -> list[dict]:

@@ -14,7 +14,11 @@ and the one eval path only ever talk to this interface::
 
 ``Problem.fields`` are passed to every reward as keyword arguments (``answer``
 for math, ``tests`` for code, ``instruction_ids`` + ``kwargs`` for instruction
-following, ...). A task that needs more than one model turn (the agent) sets
+following, ...; a reward gets those its signature accepts). Every domain also
+takes the shared ``dataset`` source (``core/dataset_source.py``): it names the
+fields a row must carry (``dataset_fields``) and types them (``dataset_problem``);
+``check_source`` is what ``posttrain check`` runs on a source's data, and
+``prompt_ids`` the one prompt formatter (a problem's chat ``context``, the mode). A task that needs more than one model turn (the agent) sets
 ``multi_turn = True`` and implements ``rollout``; single-turn tasks inherit the
 engine's ``generate``.
 
@@ -40,7 +44,8 @@ from posttrain.plugins import Registry, get_subclass
 from rewards import Sample, as_weighted, score_batch
 
 from .chat import prompt_ids
-from .dataset_source import HELDOUT_PERCENT, DatasetSource, check_dataset_source, dataset_rows, row_problem, suite_name
+from .dataset_source import (HELDOUT_PERCENT, DatasetSource, check_dataset_source, dataset_rows, first_rows, row_problem,
+                             suite_name)
 from .schema import SourceConfig
 
 
@@ -131,8 +136,7 @@ class Task:
     @classmethod
     def _check_rows(cls, source: DatasetSource, where: str, count: int = 64) -> list[str]:
         """The domain reads the first ``count`` rows as it will in the run (e.g. JSON text in a kwargs column)."""
-        rows = dataset_rows(source, heldout=False) or dataset_rows(source, heldout=True)
-        for index, row in enumerate(rows[:count]):
+        for index, row in enumerate(first_rows(source, count)):
             try:
                 question, context, fields = row_problem(row, source, cls.dataset_fields, "?")
                 cls.dataset_problem(Problem(question, fields, context=context))
