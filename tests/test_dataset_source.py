@@ -56,7 +56,7 @@ def test_rows_become_problems_with_mapped_fields_and_every_other_column(math_fil
 def test_filter_heldout_modes_and_a_named_split(math_file, tmp_path):
     only = make_task(TaskConfig(domain="math", sources=[math_source(math_file, filter={"difficulty": [0]}, heldout="none")]))
     assert {p.fields["difficulty"] for step in range(10) for p in only.sample(step, 8)} == {0}
-    evaluated = make_task(TaskConfig(domain="math", sources=[math_source(math_file, heldout="all"), math_source(math_file, heldout="none", name="t")]))
+    evaluated = make_task(TaskConfig(domain="math", sources=[math_source(math_file, heldout="all"), math_source(math_file, heldout="none", suite="t")]))
     assert len(evaluated.heldout_suites(["dataset(mine)"], 1000)["dataset(mine)"]) == len(ROWS)
     (tmp_path / "splits").mkdir()
     pd.DataFrame(ROWS[5:]).to_parquet(tmp_path / "splits" / "train.parquet")

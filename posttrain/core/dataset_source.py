@@ -68,7 +68,7 @@ class DatasetSource(Source):
     filter: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict, description="keep rows whose column equals the value (or one of the listed values)")
     heldout: Literal["hash", "all", "none"] = Field("hash", description="held-out rows: hash = a stable 10% slice by prompt; all = every row (an eval-only source); none = train on every row")
     heldout_split: str | None = Field(None, description="a split that is the held-out suite (then every row of `split` trains)")
-    name: str | None = Field(None, description="the suite name of its held-out rows; default: dataset(<file stem or hub id>)")
+    suite: str | None = Field(None, description="the name of its held-out suite (eval reports, eval.suites); default: dataset(<file stem or hub id>)")
 
     @model_validator(mode="after")
     def _one_prompt_column(self) -> DatasetSource:
@@ -81,8 +81,8 @@ class DatasetSource(Source):
 
 
 def suite_name(source: DatasetSource) -> str:
-    if source.name:
-        return source.name
+    if source.suite:
+        return source.suite
     path = Path(source.path)
     return f"dataset({path.stem if not looks_like_hub_id(source.path) or path.exists() else source.path})"
 
