@@ -12,7 +12,6 @@ import random
 from dataclasses import dataclass
 
 import specialists.domains  # noqa: F401  (registers the built-in task domains)
-from posttrain.core.chat import prompt_ids
 from posttrain.core.evaluation import rollout_mixed
 from posttrain.core.modes import sampling_spec
 from posttrain.core.policy import Sequences
@@ -50,9 +49,8 @@ class Router:
 
     def format(self, key: tuple[str, str], problem: Problem) -> RoutedPrompt:
         task = self.tasks[key[0]]
-        message, system = task.user_message(problem), task.system_prompt(problem)
-        ids = prompt_ids(self.tokenizer, message, system=system, mode=self.modes[key[1]], tags=self.tags)
-        return RoutedPrompt(key, problem, message, ids)
+        ids = task.prompt_ids(self.tokenizer, problem, mode=self.modes[key[1]], tags=self.tags)
+        return RoutedPrompt(key, problem, task.user_message(problem), ids)
 
     def rollout(self, engine, prompts: list[RoutedPrompt], specs: list) -> GenerateResult:
         """Student samples for ``prompts``: single-turn domains in one engine call, multi-turn ones by their task."""

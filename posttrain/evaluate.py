@@ -1,4 +1,5 @@
-"""``posttrain eval CHECKPOINT --suites humaneval,gsm8k [--modes ...] [--recipe R] [--set key=value ...]``.
+"""``posttrain eval CHECKPOINT --suites humaneval,gsm8k [--modes ...] [--recipe R] [--set key=value ...]``
+and ``posttrain eval CHECKPOINT --dataset FILE_OR_ID --domain D [--reward NAME ...] [--column FIELD=COL ...]``.
 
 Evaluates any model on named held-out suites through the Task interface (each
 suite scored by its own scorer, through the one eval path ``posttrain/core/evaluation.py``):
@@ -10,6 +11,9 @@ suite scored by its own scorer, through the one eval path ``posttrain/core/evalu
 - a suite's domain is found by name: first the recipe's own task(s), then every
   registered task's ``suite_config``, then each domain's source kinds with their
   defaults (``suite_task_configs``).
+- ``--dataset``: every row of your own file (or hub split) is one suite (an eval-only ``dataset`` source of
+  domain ``--domain``, ``docs/data.md``), scored by the domain's scorer or, with ``--reward``, by the named
+  rewards (``score`` = their weighted sum, each one's value beside it); checked like a recipe before Ray starts.
 - modes, thinking tags, eval settings (pass@k, budget sweep) and the engine come
   from ``--recipe`` (with overrides) or the defaults: one non-thinking ``default`` mode.
 
@@ -29,11 +33,11 @@ from pathlib import Path
 
 import ray
 import yaml
-from transformers import AutoTokenizer
 
 from .core.checkpoints import engine_model_dir
 from .core.driver import start_engine
 from .core.evaluation import budget_sweep, cells_for, evaluate_cells
+from .core.models import load_tokenizer
 from .core.modes import sweep_mode_name
 from .core.rundir import RunDir
 from .core.schema import TaskConfig
@@ -53,6 +57,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", default=None, help="base model of a LoRA checkpoint (default: the adapter's record)")
     parser.add_argument("--output", type=Path, default=None, help="default: runs/eval-<checkpoint name>")
     parser.add_argument("--tag", default="eval", help="results go to OUTPUT/eval/<tag>.json")
+    parser.add_argument("--dataset", default=None, help="your own held-out rows: a json/jsonl/parquet/csv file or directory, or a hub id")
+    parser.add_argument("--domain", default=None, help="--dataset: the domain whose prompts and scorer it uses (math, code, instruct, agent, ...)")
+    parser.add_argument("--split", default="train", help="--dataset: the split to evaluate (a local file is its one split)")
+    parser.add_argument("--prompt-column", default="prompt", help="--dataset: the column of the user message")
+    parser.add_argument("--messages-column", default=None, help="--dataset: a chat column [{role, content}] holding the prompt instead")
+    parser.add_argument("--column", dest="columns", action="append", default=[], metavar="FIELD=COLUMN",
+                        help="--dataset: read the domain's FIELD from COLUMN (e.g. --column answer=final_answer)")
+    parser.add_argument("--reward", dest="rewards", action="append", default=[], metavar="NAME[=WEIGHT]",
+                        help="--dataset: score by these rewards (registered name or module:function) instead of the domain's scorer")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="dotted recipe overrides, e.g. --set eval.pass_k=1 model.max_model_len=2048")
 
@@ -66,7 +79,7 @@ def run_eval_command(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    report, sweeps = evaluate_checkpoint(recipe, checkpoint, groups, args.base)
+    report, sweeps = evaluate_checkpoint(recipe, checkpoint, groups, args.base, bool(getattr(args, "rewards", None)))
     out = args.output or Path("runs") / f"eval-{_checkpoint_name(checkpoint)}"
     (out / "eval").mkdir(parents=True, exist_ok=True)
     (out / "eval" / f"{args.tag}.json").write_text(json.dumps(report, indent=2))
@@ -99,6 +112,8 @@ def plan(args, checkpoint: str):
     data = apply_overrides(data or {}, list(args.overrides))
     if args.num_problems is not None:
         data.setdefault("eval", {})["num_problems"] = args.num_problems
+    if getattr(args, "dataset", None):
+        return _dataset_plan(args, checkpoint, data)
     own = _recipe_tasks(data)
     names = split_names(args.suites) if args.suites else (data.get("eval") or {}).get("suites")
     if not names and not own:
@@ -110,6 +125,39 @@ def plan(args, checkpoint: str):
     recipe = validate_recipe(data, origin=args.recipe or "eval defaults")
     _modes(recipe, args.modes)  # unknown modes fail here, before the engine starts
     return recipe, groups
+
+
+def _dataset_plan(args, checkpoint: str, data: dict):
+    """``--dataset``: the recipe with one eval-only dataset source as its task, validated (files, columns,
+    rewards, model) like any recipe; its one suite is every row."""
+    if not args.domain:
+        raise ValueError(f"--dataset needs --domain (one of {', '.join(task_domains())})")
+    if args.suites:
+        raise ValueError("give --suites or --dataset, not both")
+    source = {"kind": "dataset", "path": args.dataset, "split": args.split, "heldout": "all",
+              "prompt": args.prompt_column, "messages": args.messages_column, "columns": _pairs(args.columns, "--column")}
+    task = {"domain": args.domain, "sources": [source]}
+    if args.rewards:
+        task["rewards"] = [{"name": name, "weight": float(weight or 1)} for name, weight in
+                           (spec.partition("=")[::2] for spec in args.rewards)]
+    data["task"] = task
+    data.pop("distill", None), data.pop("pipeline", None)
+    data.setdefault("grpo", {})["steps"] = 0  # an eval-only source trains nothing
+    data.setdefault("model", {})["path"] = _validation_model(checkpoint, args.base)
+    recipe = validate_recipe(data, origin=f"--dataset {args.dataset}")
+    _modes(recipe, args.modes)
+    cfg = recipe.task.model_dump(mode="json")
+    return recipe, [(cfg, _suite_names(cfg))]
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{flag} {item!r}: expected FIELD=COLUMN")
+        pairs[key] = value
+    return pairs
 
 
 def split_names(text: str) -> list[str]:
@@ -193,15 +241,18 @@ def _modes(recipe, names: str | None) -> dict:
     return modes
 
 
-def evaluate_checkpoint(recipe, checkpoint: str, groups, base: str | None = None) -> tuple[dict, dict]:
+def evaluate_checkpoint(recipe, checkpoint: str, groups, base: str | None = None,
+                        score_by_rewards: bool = False) -> tuple[dict, dict]:
     """Start one engine on the checkpoint; every suite of every group in one batched eval; ``(report, sweeps)``."""
     init_ray()  # RAY_ADDRESS / `ray job submit`, a `ray start` cluster here, else a local one
     modes, sweeps = _modes(recipe, None), {}
     tasks = [(make_task(TaskConfig.model_validate(cfg), seed=recipe.run.seed), names) for cfg, names in groups]
+    for task, _ in tasks:
+        task.score_by_rewards = score_by_rewards
     task_suites = [(task, task.heldout_suites(names, recipe.eval.num_problems)) for task, names in tasks]
     with engine_model_dir(checkpoint, base) as model_dir:
         engine = start_engine(recipe, model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = load_tokenizer(model_dir, recipe.model)
         try:
             cells = [cell for task, suites in task_suites for cell in cells_for(task, suites, modes)]
             report = evaluate_cells(engine, tokenizer, cells, recipe.thinking_tags,

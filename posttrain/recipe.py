@@ -29,10 +29,10 @@ from distill.teachers import check_teachers
 from rewards import RewardNotFound, resolve_reward
 from specialists.sft_data import check_dataset
 
-from .core.models import check_model_spec, logits_postprocessing
+from .core.models import check_model_config, check_model_spec, logits_postprocessing
 from .core.modes import check_modes
 from .core.schema import Recipe, RecipeError, TaskConfig  # noqa: F401  (RecipeError re-exported)
-from .core.tasks import typed_sources
+from .core.tasks import check_task_data, typed_sources
 from .core.trackers import check_trackers
 from .yaml_safe import MAX_BYTES, MAX_DEPTH, YamlRefused, decode, load_yaml, short
 
@@ -162,7 +162,12 @@ def _check_resolvable(recipe: Recipe, check_files: bool = True) -> list[str]:
         problems.append(f"model.path: {message}")
     elif recipe.distill and (message := logits_postprocessing(recipe.model.path)):
         problems.append(message)
+    if not problems:
+        problems += check_model_config(recipe.model)
     for where, task in task_configs(recipe).items():
+        if check_files:
+            training = recipe.grpo.steps > 0 if where == "task" else True
+            problems += [f"{where}.{path}: {message}" for path, message in check_task_data(task, training)]
         for index, spec in enumerate(task.rewards):
             try:
                 resolve_reward(spec.name)

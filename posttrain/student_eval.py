@@ -13,11 +13,11 @@ import logging
 from pathlib import Path
 
 import ray
-from transformers import AutoTokenizer
 
 from .core.checkpoints import engine_model_dir
 from .core.driver import start_engine
 from .core.evaluation import cells_for, report_of, score_cells
+from .core.models import load_tokenizer
 from .core.tasks import make_task
 
 log = logging.getLogger("posttrain.pipeline")
@@ -32,7 +32,7 @@ def evaluate_student(recipe, specialists: dict, checkpoint: str, out_dir: Path) 
     cells = {name: _domain_cells(recipe, specialist) for name, specialist in specialists.items()}
     with engine_model_dir(checkpoint) as model_dir:
         engine = start_engine(recipe, model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = load_tokenizer(model_dir, recipe.model)
         try:
             flat = [cell for domain_cells in cells.values() for cell in domain_cells]
             results = iter(score_cells(engine, tokenizer, flat, recipe.thinking_tags))

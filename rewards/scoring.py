@@ -125,17 +125,38 @@ def _jobs(specs: list[WeightedReward], samples: list[Sample], fns: dict, workers
     A hang costs one call, not its job: the rest of the job is requeued. Async
     calls in one job per worker, which runs them all concurrently.
     """
-    calls = [(index, sample.prompt, sample.completion, sample.fields) for index, sample in enumerate(samples)]
     path, cwd = list(sys.path), os.getcwd()
     jobs = []
     for reward_index, spec in enumerate(specs):
         fn = fns[spec.name]
+        accepted = accepted_fields(fn)
+        calls = [(index, sample.prompt, sample.completion, _only(sample.fields, accepted)) for index, sample in enumerate(samples)]
         is_async = inspect.iscoroutinefunction(fn)
         size = -(-len(calls) // (workers if is_async else 2 * workers))
         blob = _pickled(fn)
         for start in range(0, len(calls), size):
             jobs.append(Job(reward_index, blob, is_async, spec.timeout_s, calls[start : start + size], path, cwd))
     return jobs
+
+
+def accepted_fields(fn) -> frozenset[str] | None:
+    """The keyword arguments ``fn`` takes beyond (prompt, completion); None: every one (it has ``**fields``).
+
+    A sample's fields are the problem's columns -- a dataset source passes every column of its file -- so a
+    reward that names only the fields it reads (``def r(prompt, completion, *, answer)``) gets only those,
+    and a column it does not know never breaks it; ``**fields`` receives them all."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: give it everything
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    positional = [p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    return frozenset(p.name for p in parameters[min(2, len(positional)):] if p.kind is not inspect.Parameter.POSITIONAL_ONLY)
+
+
+def _only(fields: dict, accepted: frozenset[str] | None) -> dict:
+    return fields if accepted is None else {name: value for name, value in fields.items() if name in accepted}
 
 
 @functools.lru_cache(maxsize=256)

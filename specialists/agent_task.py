@@ -19,8 +19,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from posttrain.core.dataset_source import DatasetSource, suite_name
 from posttrain.core.schema import Source
-from posttrain.core.tasks import Problem, Task, register_task
+from posttrain.core.tasks import Problem, Task, context_system, register_task
 from rewards import Sample
 from rollout.calls import calls_match
 from rollout.engine import EngineClient
@@ -120,17 +121,24 @@ def episode_envs(problems: list[Problem], specs: list) -> Callable[[int], Enviro
 
 @register_task("agent")
 class AgentTask(Task):
-    sources = (AgentEnvSource,)
+    sources = (AgentEnvSource, DatasetSource)
+    dataset_fields = ("tools",)  # JSON schemas of the functions; `expected_calls` ([{name, arguments}]) scores them
     multi_turn = True
 
     def __init__(self, task_cfg, seed: int = 0):
         super().__init__(task_cfg, seed)
         self._train = []
         for source in task_cfg.sources:
+            if source.kind == "dataset":
+                if source.heldout != "all" or source.heldout_split:
+                    self._train.append((source.weight, self.dataset_problems(source, False)))
+                continue
             problems = env_tasks(source.env, seed, source.count, False, source.max_turns, source.forced_call_share)
             if not problems:
                 raise ValueError(f"source tool_env({source.env}) has no training tasks (count {source.count})")
             self._train.append((source.weight, problems))
+        if not self._train:
+            raise ValueError("no source has training rows (every dataset source is heldout: all)")
 
     def sample(self, step: int, count: int) -> list[Problem]:
         """The prompts of training step ``step``: a pure function of (seed, step)."""
@@ -139,7 +147,18 @@ class AgentTask(Task):
         return [rng.choice(rng.choices(self._train, weights=weights)[0][1]) for _ in range(count)]
 
     def system_prompt(self, problem: Problem) -> str:
-        return system_prompt(problem.fields["tools"])
+        own = context_system(problem)
+        return f"{own}\n{system_prompt(problem.fields['tools'])}" if own else system_prompt(problem.fields["tools"])
+
+    @classmethod
+    def dataset_problem(cls, problem: Problem) -> Problem:
+        """A row of your own: its tools as schema-only functions (calls recorded, not run, as BFCL's), scored
+        by ``expected_calls`` (the env's outcome: exactly those calls, in order)."""
+        fields = problem.fields
+        tools, expected = (json.loads(v) if isinstance(v, str) else v for v in (fields["tools"], fields.get("expected_calls")))
+        fields |= {"tools": list(tools), "expected_calls": list(expected or []), "env": "schemas", "max_turns": 1,
+                   "setup": {"functions": list(tools), "expected_calls": list(expected or [])}}
+        return problem
 
     def reward_sample(self, problem: Problem, completion) -> Sample:
         episode = {
@@ -163,12 +182,15 @@ class AgentTask(Task):
         )
 
     def heldout_suites(self, names, num_problems: int) -> dict[str, list[Problem]]:
-        env_suites = {f"tool_env({source.env})": source for source in self.cfg.sources}
+        env_suites = {f"tool_env({source.env})" if source.kind == "tool_env" else suite_name(source): source
+                      for source in self.cfg.sources}
         names = names or [*bfcl.SUITES, *env_suites]
         suites = {}
         for name in names:
             if name in bfcl.SUITES:
                 suites[name] = bfcl.load_suite(name, num_problems)
+            elif name in env_suites and env_suites[name].kind == "dataset":
+                suites[name] = self.dataset_problems(env_suites[name], True)[:num_problems]
             elif name in env_suites:
                 source = env_suites[name]
                 suites[name] = env_tasks(source.env, self.seed, source.count, True, source.max_turns)[:num_problems]

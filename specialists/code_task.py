@@ -16,8 +16,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from posttrain.core.dataset_source import DatasetSource, suite_name
 from posttrain.core.schema import Source
-from posttrain.core.tasks import Problem, Task, register_task, training_pools, weighted_draw
+from posttrain.core.tasks import Problem, Task, register_task, training_pools, weighted_draw, with_instruction
 from rewards.code import run_problem
 
 from . import data
@@ -34,6 +35,8 @@ class CodeSynthSource(Source):
 
 
 def source_name(source) -> str:
+    if source.kind == "dataset":
+        return suite_name(source)
     if source.kind == "code_synth" and source.families:
         return f"code_synth({','.join(source.families)})"
     return source.kind
@@ -70,12 +73,12 @@ def humaneval_problems(limit: int | None = None) -> list[Problem]:
 
 @register_task("code")
 class CodeTask(Task):
-    sources = (CodeSynthSource,)
+    sources = (CodeSynthSource, DatasetSource)
+    dataset_fields = ("tests",)  # assert lines (a list, or one string of lines); `entry_point` optional
 
     def __init__(self, task_cfg, seed: int = 0):
         super().__init__(task_cfg, seed)
-        rows = lambda source: split(load_source(source, seed), heldout=False)  # noqa: E731
-        self._train = training_pools(task_cfg.sources, rows, source_name)
+        self._train = training_pools(task_cfg.sources, lambda source: self._rows(source, False), source_name)
         # TaskConfig's default instruction is math's; a code recipe that leaves it unset gets ours.
         explicit = "instruction" in task_cfg.model_fields_set
         self.instruction = task_cfg.instruction if explicit else CODE_INSTRUCTION
@@ -85,7 +88,12 @@ class CodeTask(Task):
         return weighted_draw(self.seed, step, count, self._train, _synth_problem)
 
     def user_message(self, problem: Problem) -> str:
-        return f"{problem.question}\n{self.instruction}".strip()
+        return with_instruction(problem, self.instruction)
+
+    def _rows(self, source, heldout: bool) -> list:
+        if source.kind == "dataset":
+            return self.dataset_problems(source, heldout)
+        return [_synth_problem(row) for row in split(load_source(source, self.seed), heldout=heldout)]
 
     def heldout_suites(self, names, num_problems: int) -> dict[str, list[Problem]]:
         known = [source_name(s) for s in self.cfg.sources] + [HUMANEVAL]
@@ -96,8 +104,7 @@ class CodeTask(Task):
         suites = {}
         for source in self.cfg.sources:
             if source_name(source) in wanted:
-                rows = split(load_source(source, self.seed), heldout=True)[:num_problems]
-                suites[source_name(source)] = [_synth_problem(row) for row in rows]
+                suites[source_name(source)] = self._rows(source, heldout=True)[:num_problems]
         if HUMANEVAL in wanted:
             suites[HUMANEVAL] = humaneval_problems(num_problems)
         return suites

@@ -7,18 +7,12 @@ stream and the held-out suite can never share a problem, whatever the seed.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 
-HELDOUT_PERCENT = 10  # share of every source reserved for held-out eval
-
-
-def is_heldout(question: str) -> bool:
-    digest = hashlib.sha256(question.strip().encode()).digest()
-    return int.from_bytes(digest[:4], "big") % 100 < HELDOUT_PERCENT
+from posttrain.core.dataset_source import HELDOUT_PERCENT, is_heldout, open_split  # noqa: F401  (re-exported)
 
 
 def split_rows(dataset: Dataset, heldout: bool) -> Dataset:
@@ -26,13 +20,12 @@ def split_rows(dataset: Dataset, heldout: bool) -> Dataset:
 
 
 def load_gsm8k(path: str) -> Dataset:
-    """GSM8K from a local jsonl (``../shared/data/gsm8k/train.jsonl``) or a hub id."""
-    if Path(path).expanduser().exists():
-        raw = load_dataset("json", data_files=str(Path(path).expanduser()), split="train")
-    else:
-        raw = load_dataset(path, "main", split="train")
+    """GSM8K from a local file (``../shared/data/gsm8k/train.jsonl``; jsonl, parquet or csv) or a hub id
+    (its ``main`` subset), through the one dataset loader; the answer is what follows ``####`` (or the
+    whole answer, a number included)."""
+    raw = open_split(path, "train", None if Path(path).expanduser().exists() else "main")
     return raw.map(
-        lambda row: {"answer": row["answer"].split("####")[-1].strip().replace(",", ""), "source": "gsm8k"},
+        lambda row: {"answer": str(row["answer"]).split("####")[-1].strip().replace(",", ""), "source": "gsm8k"},
     ).select_columns(["question", "answer", "source"])
 
 

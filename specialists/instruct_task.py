@@ -27,8 +27,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from posttrain.core.dataset_source import DatasetSource, suite_name
 from posttrain.core.schema import Source
-from posttrain.core.tasks import Problem, Task, register_task, training_pools, weighted_draw
+from posttrain.core.tasks import Problem, Task, register_task, training_pools, weighted_draw, with_instruction
 from rewards.ifbench_lib import ensure_nltk_data, ifbench_modules, ifbench_test_path
 from rewards.instruct import check_constraints
 
@@ -72,6 +73,8 @@ def ifbench_prompts() -> set[str]:
 
 
 def source_name(source) -> str:
+    if source.kind == "dataset":
+        return suite_name(source)
     return f"{source.kind}(constraints={source.min_constraints}-{source.max_constraints})"
 
 
@@ -95,20 +98,37 @@ def _ifbench_problem(row) -> Problem:
 
 @register_task("instruct")
 class InstructTask(Task):
-    sources = (InstructSynthSource,)
+    sources = (InstructSynthSource, DatasetSource)
+    dataset_fields = ("instruction_id_list", "kwargs")  # IFEval's columns: constraint ids, one kwargs dict each
 
     def __init__(self, task_cfg, seed: int = 0):
         super().__init__(task_cfg, seed)
         ensure_nltk_data()  # fail here, clearly, rather than as silently failed constraints later
-        rows = lambda source: data.split_rows(load_source(source, seed), heldout=False)  # noqa: E731
-        self._train = training_pools(task_cfg.sources, rows, source_name)
+        self._train = training_pools(task_cfg.sources, lambda source: self._rows(source, False), source_name)
 
     def user_message(self, problem: Problem) -> str:
-        return problem.question
+        # as written (IFBench's prompts reach the model unchanged); a dataset source's own instruction only
+        return with_instruction(problem, "") if problem.instruction else problem.question
+
+    def _rows(self, source, heldout: bool):
+        if source.kind == "dataset":
+            return self.dataset_problems(source, heldout)
+        return data.split_rows(load_source(source, self.seed), heldout=heldout)
+
+    @classmethod
+    def dataset_problem(cls, problem: Problem) -> Problem:
+        """Constraint ids and kwargs as lists, from JSON text too; kwargs' nulls dropped (parquet fills a
+        struct's missing keys with them, and a checker takes only its own arguments)."""
+        fields = problem.fields
+        ids, kwargs = (json.loads(v) if isinstance(v, str) else v for v in (fields["instruction_id_list"], fields["kwargs"]))
+        ids, kwargs = list(ids), list(kwargs or [{} for _ in ids])
+        fields["instruction_id_list"] = ids
+        fields["kwargs"] = [{k: v for k, v in (kw or {}).items() if v is not None} for kw in kwargs]
+        return problem
 
     def sample(self, step: int, count: int) -> list[Problem]:
         """The prompts of training step ``step``: a pure function of (seed, step), so resuming is exact."""
-        return weighted_draw(self.seed, step, count, self._train, _synth_problem)
+        return weighted_draw(self.seed, step, count, self._train, _synth_problem)  # dataset pools hold problems
 
     def heldout_suites(self, names, num_problems: int) -> dict[str, list[Problem]]:
         available = [source_name(s) for s in self.cfg.sources] + [IFBENCH]
@@ -119,8 +139,11 @@ class InstructTask(Task):
         for source in self.cfg.sources:
             if names and source_name(source) not in names:
                 continue
-            rows = data.split_rows(load_source(source, self.seed), heldout=True)
-            suites[source_name(source)] = [_synth_problem(r) for r in rows.select(range(min(num_problems, len(rows))))]
+            rows = self._rows(source, heldout=True)
+            if isinstance(rows, list):
+                suites[source_name(source)] = rows[:num_problems]
+            else:
+                suites[source_name(source)] = [_synth_problem(r) for r in rows.select(range(min(num_problems, len(rows))))]
         if not names or IFBENCH in names:
             suites[IFBENCH] = [_ifbench_problem(row) for row in load_ifbench_rows()[:num_problems]]
         return suites

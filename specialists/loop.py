@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import ray
 import torch
 
-from posttrain.core.chat import prompt_ids
 from posttrain.core.driver import Actors, phase_line, run_loop, start_actors
 from posttrain.core.evaluation import budget_sweep, evaluate_suites
 from posttrain.core.modes import assign_modes, eval_mode_names, sampling_spec, sweep_mode_name
@@ -121,10 +120,7 @@ def grpo_step(recipe: Recipe, actors: Actors, task: Task, run: RunDir, step: int
     problems = task.sample(step, cfg.prompts_per_step)
     mode_names = assign_modes(recipe.task.modes, cfg.prompts_per_step, recipe.run.seed, step)
     modes = [recipe.modes[name] for name in mode_names]
-    prompts = [
-        prompt_ids(actors.tokenizer, task.user_message(p), system=task.system_prompt(p), mode=m, tags=recipe.thinking_tags)
-        for p, m in zip(problems, modes)
-    ]
+    prompts = [task.prompt_ids(actors.tokenizer, p, mode=m, tags=recipe.thinking_tags) for p, m in zip(problems, modes)]
     specs = [sampling_spec(m, recipe.thinking_tags, cfg.samples_per_prompt, cfg.temperature, cfg.top_p) for m in modes]
     with timer.phase("generate"):
         ray.get(actors.engine.reseed.remote(sampling_seed(recipe.run.seed, step)))  # a resumed step samples the same

@@ -17,6 +17,8 @@ from typing import Literal
 from datasets import Dataset
 from pydantic import Field, field_validator, model_validator
 
+from posttrain.core.dataset_source import FORMATS, DatasetSource, check_dataset_source, shared_hint, suite_name
+from posttrain.core.hub import looks_like_hub_id
 from posttrain.core.schema import Source
 from posttrain.core.tasks import Problem, Task, register_task, training_pools, weighted_draw
 from rewards.math import math_verify
@@ -31,10 +33,15 @@ class Gsm8kSource(Source):
     @field_validator("path")
     @classmethod
     def _exists_or_hub_id(cls, path: str) -> str:
-        looks_local = path.startswith((".", "/", "~")) or path.endswith((".jsonl", ".json"))
+        looks_local = not looks_like_hub_id(path) or path.endswith(tuple(FORMATS))
         if looks_local and not Path(path).expanduser().exists():
-            raise ValueError(f"file {path!r} does not exist (relative paths are from the working directory)")
+            raise ValueError(f"file {path!r} does not exist (relative paths are from the working directory, {Path.cwd()}){shared_hint(path)}")
         return path
+
+    def as_dataset(self) -> DatasetSource:
+        """GSM8K is a dataset with fixed columns: checked by the one dataset check."""
+        subset = None if Path(self.path).expanduser().exists() else "main"
+        return DatasetSource(kind="dataset", path=self.path, subset=subset, prompt="question", heldout="none")
 
 
 class ArithmeticSource(Source):
@@ -71,6 +78,8 @@ def load_source(source, seed: int) -> Dataset:
 
 
 def source_name(source) -> str:
+    if source.kind == "dataset":
+        return suite_name(source)
     if source.kind == "arithmetic":
         return f"arithmetic(max={source.max_operand},ops={source.ops},terms={source.terms})"
     if source.kind == "arithmetic_traces":
@@ -87,26 +96,49 @@ def _problem(row) -> Problem:
 
 @register_task("math")
 class MathTask(Task):
-    sources = (Gsm8kSource, ArithmeticSource, ArithmeticTracesSource)
+    sources = (Gsm8kSource, ArithmeticSource, ArithmeticTracesSource, DatasetSource)
+    dataset_fields = ("answer",)
 
     def __init__(self, task_cfg, seed: int = 0):
         super().__init__(task_cfg, seed)
         self._check_modes = {m for s in task_cfg.sources if s.kind == "arithmetic_traces" for m in s.check_modes}
-        rows = lambda source: data.split_rows(load_source(source, seed), heldout=False)  # noqa: E731
-        self._train = training_pools(task_cfg.sources, rows, source_name)
+        self._train = training_pools(task_cfg.sources, lambda source: self._rows(source, False), source_name)
+
+    def _rows(self, source, heldout: bool):
+        if source.kind == "dataset":
+            return self.dataset_problems(source, heldout)
+        return data.split_rows(load_source(source, self.seed), heldout=heldout)
+
+    @classmethod
+    def dataset_problem(cls, problem: Problem) -> Problem:
+        """The reference answer as text, whatever the file held (``42``, ``42.0``, ``"$42"``)."""
+        answer = problem.fields.get("answer")
+        problem.fields["answer"] = str(int(answer) if isinstance(answer, float) and answer.is_integer() else answer)
+        return problem
+
+    @classmethod
+    def check_source(cls, source, where: str) -> list[str]:
+        if source.kind == "gsm8k":
+            found = check_dataset_source(source.as_dataset(), where, cls.dataset_fields)
+            return [f"{where}.path: {message.split(': ', 1)[1]}" for message in found]  # its one field
+        return super().check_source(source, where)
 
     def sample(self, step: int, count: int) -> list[Problem]:
         """The prompts of training step ``step``: a pure function of (seed, step), so resuming is exact."""
         return weighted_draw(self.seed, step, count, self._train, _problem)
 
     def heldout_suites(self, names, num_problems: int) -> dict[str, list[Problem]]:
-        suites = heldout_problems(self.cfg.sources, num_problems, self.seed)
+        suites = {source_name(source): self._heldout(source, num_problems) for source in self.cfg.sources}
         if not names:
             return suites
         missing = [name for name in names if name not in suites]
         if missing:
             raise ValueError(f"math has no held-out suite {missing}; it has {sorted(suites)} (one per source)")
         return {name: suites[name] for name in names}
+
+    def _heldout(self, source, num_problems: int) -> list[Problem]:
+        rows = self._rows(source, heldout=True)
+        return _problems(rows[:num_problems] if isinstance(rows, list) else rows.select(range(min(num_problems, len(rows)))))
 
     def reference(self, problem: Problem, mode_name: str, mode, tags) -> str | None:
         """Trace problems only: the answer alone, the column trace, or the trace and a check (``check_modes``)."""
@@ -136,6 +168,10 @@ class MathTask(Task):
 
     def score_suite(self, suite: str, problems: list[Problem], completions: list) -> dict[str, list[float]]:
         return {"score": [math_verify("", c.answer_text, answer=p.answer) for p, c in zip(problems, completions)]}
+
+
+def _problems(rows) -> list[Problem]:
+    return rows if isinstance(rows, list) else [_problem(row) for row in rows]
 
 
 def heldout_problems(sources, num_problems: int, seed: int) -> dict[str, list[Problem]]:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import ray
 import torch
-from transformers import AutoTokenizer
 
 from posttrain.core.checkpoints import merge_adapter
 from posttrain.core.driver import Actors, phase_line, run_loop, start_actors
+from posttrain.core.models import load_tokenizer
 from posttrain.core.policy import Sequences
 from posttrain.core.rundir import RunDir
 from posttrain.core.schema import Recipe
@@ -76,7 +76,7 @@ def train_sft(recipe: Recipe, model_path: str, run: RunDir) -> dict:
     model directory of the final weights, for the next stage)."""
     recipe = sft_recipe(recipe)
     task = make_task(recipe.task, seed=recipe.run.seed)
-    data = SftData(recipe, task, AutoTokenizer.from_pretrained(model_path))
+    data = SftData(recipe, task, load_tokenizer(model_path, recipe.model))
     data.batch(0, 1)  # a source without references (or a bad row) fails here, before any actor starts
     actors = start_actors(recipe, model_path)
     loop = SftLoop(recipe, actors, task, run, data)

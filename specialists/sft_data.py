@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 
 from posttrain.core.chat import prompt_ids
+from posttrain.core.dataset_source import DatasetError, open_split
 from posttrain.core.modes import assign_modes
 from posttrain.core.policy import Sequences
 from posttrain.core.tasks import Task
 
 SFT_STREAM = 1_000_000  # task.sample step offset: SFT draws a problem stream apart from GRPO's
-LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 @dataclass
@@ -49,23 +48,20 @@ def sft_mode_weights(recipe) -> dict[str, float]:
 
 
 def load_rows(cfg) -> Dataset:
-    """The dataset of ``sft.data`` (source: dataset), by file suffix or as a hub id."""
-    path = Path(cfg.path).expanduser()
-    if path.suffix in LOCAL_FORMATS:
-        if not path.exists():
-            raise FileNotFoundError(f"sft.data.path: file {cfg.path!r} does not exist")
-        return load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
-    return load_dataset(cfg.path, split=cfg.split)
+    """The dataset of ``sft.data`` (source: dataset), through the one dataset loader (``core/dataset_source.py``:
+    a local json / jsonl / parquet / csv file or directory, or a hub id)."""
+    return open_split(cfg.path, cfg.split, cfg.subset, cfg.format)
 
 
 def check_dataset(cfg, mode_names: list[str]) -> list[str]:
-    """Problems with an SFT dataset, each with its field path: a file that is missing, a column that is not there."""
+    """Problems with an SFT dataset, each with its field path: a file that is missing or unreadable, a hub id
+    that cannot be reached, an empty split, a column that is not there (and the columns that are)."""
     try:
         rows = load_rows(cfg)
-    except FileNotFoundError as error:
-        return [str(error)]
-    except Exception as error:  # noqa: BLE001  (a hub id that cannot be reached, a broken file)
-        return [f"sft.data.path: cannot load {cfg.path!r}: {error}"]
+    except DatasetError as error:
+        return [f"sft.data.path: {error}"]
+    if len(rows) == 0:
+        return [f"sft.data.split: split {cfg.split!r} of {cfg.path} is empty (columns: {rows.column_names})"]
     wanted = {"messages_column": cfg.messages_column} if cfg.messages_column else {
         "prompt_column": cfg.prompt_column, "response_column": cfg.response_column}
     if cfg.mode_column:
@@ -113,29 +109,31 @@ class SftData:
     def _row_example(self, row: dict, mode: str) -> SftExample:
         cfg = self.cfg
         mode = row[cfg.mode_column] if cfg.mode_column else mode
+        history = []
         if cfg.messages_column:
-            system, user, response = split_chat(row[cfg.messages_column])
+            system, history, user, response = split_chat(row[cfg.messages_column])
         else:
             system, user, response = None, row[cfg.prompt_column], row[cfg.response_column]
-        return self._example(user, system, mode, response)
+        return self._example(user, system, mode, response, history)
 
-    def _example(self, user: str, system: str | None, mode_name: str, text: str) -> SftExample:
+    def _example(self, user: str, system: str | None, mode_name: str, text: str, history=()) -> SftExample:
         mode, tags = self.recipe.modes[mode_name], self.recipe.thinking_tags
         if mode.thinking:
             text = text.lstrip().removeprefix(tags.open).lstrip("\n")  # the prompt already ends with the open tag
             if tags.close not in text:
                 raise ValueError(f"SFT example in thinking mode {mode_name!r} has no {tags.close!r}: {text[:80]!r}")
-        ids = prompt_ids(self.tokenizer, user, system=system, mode=mode, tags=tags)
+        ids = prompt_ids(self.tokenizer, user, system=system, mode=mode, tags=tags, history=history)
         completion = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
         return SftExample(ids, completion, mode_name, user, text)
 
 
-def split_chat(messages: list[dict]) -> tuple[str | None, str, str]:
-    """``(system, last user turn, last assistant turn)`` of a chat whose last turn is the assistant's."""
+def split_chat(messages: list[dict]) -> tuple[str | None, list[dict], str, str]:
+    """``(system, earlier turns, last user turn, last assistant turn)`` of a chat whose last turn is the
+    assistant's; the earlier user/assistant turns (few-shot pairs, a conversation) stay in the prompt."""
     if not messages or messages[-1].get("role") != "assistant":
         raise ValueError("an SFT chat must end with an assistant turn")
-    users = [m["content"] for m in messages[:-1] if m.get("role") == "user"]
-    if not users:
-        raise ValueError("an SFT chat needs a user turn before the assistant's")
+    if len(messages) < 2 or messages[-2].get("role") != "user":
+        raise ValueError("an SFT chat needs a user turn right before the last assistant turn")
     systems = [m["content"] for m in messages if m.get("role") == "system"]
-    return (systems[0] if systems else None), users[-1], messages[-1]["content"]
+    history = [{"role": m["role"], "content": m["content"]} for m in messages[:-2] if m.get("role") in ("user", "assistant")]
+    return (systems[0] if systems else None), history, messages[-2]["content"], messages[-1]["content"]

@@ -15,11 +15,13 @@ from __future__ import annotations
 from .schema import ThinkingTags
 
 
-def prompt_ids(tokenizer, user_message: str, system: str | None = None, mode=None, tags=None) -> list[int]:
-    """Token ids of a single-turn chat prompt, ending where the assistant (in ``mode``) starts.
+def prompt_ids(tokenizer, user_message: str, system: str | None = None, mode=None, tags=None,
+               history: list[dict] = ()) -> list[int]:
+    """Token ids of a chat prompt, ending where the assistant (in ``mode``) starts.
 
     ``mode`` is a ``schema.EffortMode`` (``None``: plain chat); ``tags`` a
-    ``schema.ThinkingTags`` (default ``<think>``/``</think>``).
+    ``schema.ThinkingTags`` (default ``<think>``/``</think>``); ``history`` the
+    user/assistant turns before ``user_message`` (few-shot pairs), as given.
     """
     tags = tags or ThinkingTags()
     thinking = mode is not None and mode.thinking
@@ -28,7 +30,7 @@ def prompt_ids(tokenizer, user_message: str, system: str | None = None, mode=Non
     if thinking and not native:
         parts.append(tags.instruction.format(open=tags.open, close=tags.close))
     system_text = "\n".join(part for part in parts if part)
-    messages = ([{"role": "system", "content": system_text}] if system_text else []) + [
+    messages = ([{"role": "system", "content": system_text}] if system_text else []) + list(history) + [
         {"role": "user", "content": user_message}
     ]
     extra = {"enable_thinking": thinking} if native and mode is not None else {}

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import ray
-from transformers import AutoTokenizer
 
 from rollout.engine import EngineConfig, engine_actor
 
+from .models import load_tokenizer
 from .policy import trainer_actor
 from .resume import eval_once, final_checkpoint, resume_point, run_steps
 from .rundir import RunDir
@@ -72,7 +72,7 @@ def start_actors(recipe: Recipe, model_path: str) -> Actors:
     engine = engine_actor(engine_config(recipe, model_path), num_cpus=recipe.engine.num_cpus, num_gpus=recipe.engine.num_gpus)
     trainer = trainer_actor(model_path, recipe.trainer, seed=recipe.run.seed)
     ray.get([engine.ready.remote(), trainer.peak_memory_gib.remote()])
-    return Actors(engine, trainer, AutoTokenizer.from_pretrained(model_path))
+    return Actors(engine, trainer, load_tokenizer(model_path, recipe.model))
 
 
 class Loop(Protocol):

@@ -20,7 +20,6 @@ from functools import partial
 
 from rollout.engine import GenerateResult
 
-from .chat import prompt_ids
 from .modes import sampling_spec, sweep_mode
 from .schema import EffortMode, ThinkingTags
 from .tasks import Problem, Task
@@ -89,8 +88,7 @@ def rollout_cells(engine, tokenizer, cells: list[EvalCell], tags: ThinkingTags, 
         for problem in cell.problems:
             tasks.append(cell.task)
             problems.append(problem)
-            system = cell.task.system_prompt(problem)
-            prompts.append(prompt_ids(tokenizer, cell.task.user_message(problem), system=system, mode=cell.mode, tags=tags))
+            prompts.append(cell.task.prompt_ids(tokenizer, problem, mode=cell.mode, tags=tags))
             specs.append(spec)
     completions = rollout_mixed(engine, tokenizer, tasks, problems, prompts, specs).completions
     out, start = [], 0
@@ -109,11 +107,11 @@ def score_cells(engine, tokenizer, cells: list[EvalCell], tags: ThinkingTags, pa
     results = []
     for index, cell in enumerate(cells):
         prompts, completions = greedy[index]
-        scores = cell.task.score_suite(cell.suite, cell.problems, completions)
+        scores = cell.task.score(cell.suite, cell.problems, completions)
         sampled_scores = None
         if sampled is not None:
             repeated = [p for p in cell.problems for _ in range(pass_k)]
-            sampled_scores = cell.task.score_suite(cell.suite, repeated, sampled[index][1])
+            sampled_scores = cell.task.score(cell.suite, repeated, sampled[index][1])
         entry = {"suite": cell.suite, "mode": cell.mode_name,
                  **_suite_report(completions, scores, sampled_scores, pass_k), "scores": scores}
         results.append(CellResult(cell, entry, prompts, completions))

@@ -14,9 +14,11 @@ Everything downstream (vLLM, the trainer) only ever sees a plain HF directory.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
+from .hub import looks_like_hub_id, unreachable_message
 from .logits import postprocessing_problem
 
 EMBEDDED_DEFAULT = "smollm2-135m-instruct"
@@ -50,12 +52,53 @@ def check_model_spec(spec: str) -> str | None:
         if not (path / "config.json").exists():
             return f"model directory {str(path)!r} has no config.json"
         return None
-    if spec.count("/") == 1 and all(spec.split("/")):
-        return None  # a hub id; resolved (and downloaded) when the run starts
+    if looks_like_hub_id(spec):  # resolved (and downloaded) when the run starts: only if it can be
+        return unreachable_message(spec, "model", "download it where the hub is reachable (huggingface-cli download "
+                                   f"{spec} --local-dir DIR), then set model.path=DIR")
     return (
         f"{spec!r} is not a built-in model ({', '.join(BUILTIN_MODELS)}), "
         "an existing directory, or a hub id of the form 'org/name'"
     )
+
+
+def check_model_config(model_cfg) -> list[str]:
+    """``model.chat_template`` and ``model.trust_remote_code`` against the model (a local directory's
+    config.json and tokenizer_config.json; a hub model is checked when it loads)."""
+    problems = []
+    template = model_cfg.chat_template
+    if template and _template_file(template) is None and "{" not in template:
+        problems.append(f"model.chat_template: {template!r} is neither a Jinja template nor an existing file")
+    path = Path(model_cfg.path).expanduser()
+    if looks_like_path(model_cfg.path) and (path / "config.json").is_file() and not model_cfg.trust_remote_code:
+        needs = [name for name in ("config.json", "tokenizer_config.json")
+                 if (path / name).is_file() and "auto_map" in json.loads((path / name).read_text())]
+        if needs:
+            problems.append(f"model.path: {model_cfg.path!r} needs its own Python code ({', '.join(needs)} has an "
+                            "auto_map); read that code, then set model.trust_remote_code: true to run it")
+    return problems
+
+
+def _template_file(template: str) -> Path | None:
+    path = Path(template).expanduser()
+    return path if "\n" not in template and len(template) < 4096 and path.is_file() else None
+
+
+def load_tokenizer(model_dir: str, model_cfg=None):
+    """The tokenizer every prompt is formatted with: the recipe's chat template when it gives one, and a pad
+    token (EOS) when the tokenizer has none (our batches are padded and masked by ids, never by the text)."""
+    from transformers import AutoTokenizer
+
+    trust = bool(model_cfg and model_cfg.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust)
+    template = model_cfg.chat_template if model_cfg is not None else None
+    if template:
+        file = _template_file(template)
+        tokenizer.chat_template = file.read_text() if file else template
+    if tokenizer.chat_template is None:
+        raise ValueError(f"the tokenizer of {model_dir} has no chat template: set model.chat_template")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def logits_postprocessing(spec: str, where: str = "model.path") -> str | None:

@@ -89,6 +89,8 @@ class ModelConfig(Strict):
     max_model_len: int = Field(1024, gt=0, le=MAX_CONTEXT, description="the engine's context window (prompt + completion tokens)")
     prompt_room: int = Field(128, gt=0, le=MAX_CONTEXT, description="tokens kept for the prompt: every mode's max_tokens + this must fit")
     engine_dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="weights dtype in vLLM (and of the weights pushed to it)")
+    chat_template: str | None = Field(None, description="a Jinja chat template (the text, or a path to a .jinja file) used instead of the tokenizer's own")
+    trust_remote_code: bool = Field(False, description="allow a model whose config needs its own Python code (auto_map); refused otherwise")
 
 
 class EngineSettings(Strict):
@@ -245,8 +247,10 @@ class SftData(Strict):
     """Where SFT examples come from: the task's own reference completions, or a dataset."""
 
     source: Literal["task", "dataset"] = Field("task", description="task: the task writes a reference completion for each of its training problems in each mode (e.g. math's arithmetic_traces); dataset: rows of `path`")
-    path: str | None = Field(None, description="dataset only: a local .jsonl / .json / .parquet file, or a hub id (loaded with `datasets`)")
-    split: str = Field("train", description="dataset only: the split to read")
+    path: str | None = Field(None, description="dataset only: a local .jsonl / .json / .parquet / .csv file or directory, or a hub id (loaded with `datasets`, as a task's `dataset` source)")
+    format: Literal["json", "parquet", "csv"] | None = Field(None, description="dataset only: file format; default: from the file suffix")
+    split: str = Field("train", description="dataset only: the split to read (a local file is its one split)")
+    subset: str | None = Field(None, description="dataset only: a hub dataset's configuration (subset) name")
     messages_column: str | None = Field(None, description="dataset only: a chat column ([{role, content}]): the last assistant turn is the completion, the turns before it the prompt (system + last user turn); unset: prompt_column + response_column")
     prompt_column: str = Field("prompt", description="dataset only: the user message (when messages_column is unset)")
     response_column: str = Field("response", description="dataset only: the assistant text; in a thinking mode it holds the thinking, the close tag, then the answer (a leading open tag is dropped: the prompt ends with it)")

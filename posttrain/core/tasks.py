@@ -14,7 +14,11 @@ and the one eval path only ever talk to this interface::
 
 ``Problem.fields`` are passed to every reward as keyword arguments (``answer``
 for math, ``tests`` for code, ``instruction_ids`` + ``kwargs`` for instruction
-following, ...). A task that needs more than one model turn (the agent) sets
+following, ...; a reward gets those its signature accepts). Every domain also
+takes the shared ``dataset`` source (``core/dataset_source.py``): it names the
+fields a row must carry (``dataset_fields``) and types them (``dataset_problem``);
+``check_source`` is what ``posttrain check`` runs on a source's data, and
+``prompt_ids`` the one prompt formatter (a problem's chat ``context``, the mode). A task that needs more than one model turn (the agent) sets
 ``multi_turn = True`` and implements ``rollout``; single-turn tasks inherit the
 engine's ``generate``.
 
@@ -27,6 +31,7 @@ point); no other file changes.
 
 from __future__ import annotations
 
+import logging
 import random
 import typing
 from collections.abc import Sequence
@@ -36,19 +41,32 @@ import ray
 from pydantic import ValidationError
 
 from posttrain.plugins import Registry, get_subclass
-from rewards import Sample, as_weighted
+from rewards import Sample, as_weighted, score_batch
 
+from .chat import prompt_ids
+from .dataset_source import (HELDOUT_PERCENT, DatasetSource, check_dataset_source, dataset_rows, first_rows, row_problem,
+                             suite_name)
 from .schema import SourceConfig
+
+
+log = logging.getLogger("posttrain.tasks")
+FEW_HELDOUT = 20  # fewer held-out problems than this from a hash slice: warn (a 20-row file leaves ~2)
 
 
 @dataclass
 class Problem:
-    """One prompt of a domain: the user message's content and the fields its rewards and scorer need."""
+    """One prompt of a domain: the user message's content and the fields its rewards and scorer need.
+
+    ``context``: chat turns before the user message (a system turn, few-shot user/assistant pairs), from
+    a ``dataset`` source's ``messages``; ``instruction``: the source's own instruction (None: the task's).
+    """
 
     question: str
     fields: dict = field(default_factory=dict)
     source: str = ""
     id: str = ""
+    context: list[dict] = field(default_factory=list)
+    instruction: str | None = None
 
     @property
     def answer(self) -> str:  # math's reference answer (kept as an attribute for readability)
@@ -61,6 +79,8 @@ class Task:
     domain = "?"
     sources: tuple[type[SourceConfig], ...] = ()  # the domain's source schemas (``schema.Source`` subclasses)
     multi_turn = False  # True: ``rollout`` runs episodes of several model turns (the agent)
+    score_by_rewards = False  # True (``posttrain eval --reward``): suites are scored by the task's rewards
+    dataset_fields: tuple[str, ...] = ()  # what a ``dataset`` source's rows must carry (mapped by its ``columns``)
 
     def __init__(self, task_cfg, seed: int = 0):
         self.cfg = task_cfg
@@ -71,12 +91,60 @@ class Task:
         raise NotImplementedError
 
     def user_message(self, problem: Problem) -> str:
-        instruction = getattr(self.cfg, "instruction", "") or ""
-        return f"{problem.question}\n{instruction}".strip()
+        return with_instruction(problem, getattr(self.cfg, "instruction", "") or "")
 
     def system_prompt(self, problem: Problem) -> str | None:
-        """Extra system text for this problem (e.g. the agent's tool schemas); modes add theirs after it."""
-        return None
+        """Extra system text for this problem (its source's system turn; e.g. the agent's tool schemas);
+        modes add theirs after it."""
+        return context_system(problem)
+
+    def prompt_ids(self, tokenizer, problem: Problem, mode=None, tags=None) -> list[int]:
+        """The problem's chat prompt in effort ``mode``: system (the problem's, then the mode's), earlier
+        turns of its context (few-shot pairs), then the user message. Every sampler formats through here."""
+        history = [turn for turn in problem.context if turn["role"] != "system"]
+        return prompt_ids(tokenizer, self.user_message(problem), system=self.system_prompt(problem), mode=mode,
+                          tags=tags, history=history)
+
+    def dataset_problems(self, source: DatasetSource, heldout: bool) -> list[Problem]:
+        """A ``dataset`` source's training (or held-out) rows as problems of this domain."""
+        name = suite_name(source)
+        problems = []
+        for index, row in enumerate(dataset_rows(source, heldout)):
+            question, context, fields = row_problem(row, source, self.dataset_fields, name)
+            problem = Problem(question, fields, name, f"{name}-{index}", context, source.instruction)
+            problems.append(self.dataset_problem(problem))
+        if heldout and source.heldout == "hash" and not source.heldout_split and len(problems) < FEW_HELDOUT:
+            log.warning("%s: only %d held-out row(s) (the stable %d%% hash slice); its eval is noise. Give a held-out "
+                        "split (heldout_split) or evaluate on a file of your own: posttrain eval CHECKPOINT --dataset FILE "
+                        "--domain %s", name, len(problems), HELDOUT_PERCENT, self.domain)
+        return problems
+
+    @classmethod
+    def dataset_problem(cls, problem: Problem) -> Problem:
+        """A domain's last word on a dataset row's problem (types its fields: e.g. math's answer as text);
+        raises ``ValueError`` / ``TypeError`` on a row it cannot read (``posttrain check`` runs it)."""
+        return problem
+
+    @classmethod
+    def check_source(cls, source: SourceConfig, where: str) -> list[str]:
+        """What is wrong with a typed source's data (messages start with ``where``); cheap enough for
+        ``posttrain check``: a ``dataset`` source's file, split and columns against ``dataset_fields``."""
+        if isinstance(source, DatasetSource):
+            return check_dataset_source(source, where, cls.dataset_fields) or cls._check_rows(source, where)
+        return []
+
+    @classmethod
+    def _check_rows(cls, source: DatasetSource, where: str, count: int = 64) -> list[str]:
+        """The domain reads the first ``count`` rows as it will in the run (e.g. JSON text in a kwargs column)."""
+        for index, row in enumerate(first_rows(source, count)):
+            try:
+                question, context, fields = row_problem(row, source, cls.dataset_fields, "?")
+                cls.dataset_problem(Problem(question, fields, context=context))
+            except (ValueError, TypeError, KeyError, AttributeError) as error:  # json.JSONDecodeError is a ValueError
+                columns = {name: source.columns.get(name, name) for name in cls.dataset_fields}
+                return [f"{where}.columns: row {index}: {cls.domain} cannot read its fields {columns}: "
+                        f"{type(error).__name__}: {str(error)[:200]}"]
+        return []
 
     def reward_sample(self, problem: Problem, completion) -> Sample:
         """Rewards score the answer: the text after the close tag of a thinking mode."""
@@ -106,6 +174,15 @@ class Task:
         """
         raise NotImplementedError
 
+    def score(self, suite: str, problems: list[Problem], completions: list) -> dict[str, list[float]]:
+        """What the eval calls: the suite's own scorer, or (``score_by_rewards``) the weighted sum of the
+        task's rewards (``score``) and each reward's own value (``reward/<name>``)."""
+        if not self.score_by_rewards:
+            return self.score_suite(suite, problems, completions)
+        samples = [self.reward_sample(p, c) for p, c in zip(problems, completions)]
+        scored = score_batch(self.rewards, samples)
+        return {"score": scored.scores, **{f"reward/{name}": values for name, values in scored.per_reward.items()}}
+
     @classmethod
     def source_kinds(cls) -> list[str]:
         return [source_kind(schema) for schema in cls.sources]
@@ -117,9 +194,12 @@ class Task:
 
 
 def training_pools(sources, training_rows, source_name) -> list[tuple[float, Sequence]]:
-    """``(weight, rows)`` per source, ``training_rows(source)`` being its non-held-out rows; none may be empty."""
+    """``(weight, rows)`` per source, ``training_rows(source)`` being its non-held-out rows; none may be empty
+    but an eval-only dataset source's (``heldout: all``), which trains nothing."""
     pools = []
     for source in sources:
+        if getattr(source, "heldout", None) == "all" and not getattr(source, "heldout_split", None):
+            continue
         rows = training_rows(source)
         if len(rows) == 0:
             raise ValueError(f"source {source_name(source)} has no training rows")
@@ -128,14 +208,29 @@ def training_pools(sources, training_rows, source_name) -> list[tuple[float, Seq
 
 
 def weighted_draw(seed: int, step: int, count: int, pools: list[tuple[float, Sequence]], to_problem) -> list[Problem]:
-    """``count`` problems, each from a pool drawn by weight: a pure function of (seed, step), so resuming is exact."""
+    """``count`` problems, each from a pool drawn by weight: a pure function of (seed, step), so resuming is exact.
+
+    A pool's rows go through ``to_problem``; a pool of ready ``Problem``s (a dataset source) is taken as is."""
+    if not pools:
+        raise ValueError("no source has training rows (every dataset source is heldout: all)")
     rng = random.Random(seed * 1_000_003 + step)
     weights = [weight for weight, _ in pools]
     problems = []
     for _ in range(count):
         _, rows = rng.choices(pools, weights=weights)[0]
-        problems.append(to_problem(rows[rng.randrange(len(rows))]))
+        row = rows[rng.randrange(len(rows))]
+        problems.append(row if isinstance(row, Problem) else to_problem(row))
     return problems
+
+
+def with_instruction(problem: Problem, default: str) -> str:
+    """The user message: the question, then the source's instruction (or the task's ``default``)."""
+    instruction = default if problem.instruction is None else problem.instruction
+    return f"{problem.question}\n{instruction}".strip()
+
+
+def context_system(problem: Problem) -> str | None:
+    return next((turn["content"] for turn in problem.context if turn["role"] == "system"), None)
 
 
 TASKS: Registry[type[Task]] = Registry("task domain", entry_point_group="posttrain.tasks")
@@ -184,6 +279,23 @@ def typed_sources(task_cfg) -> tuple[object, list[tuple[str, str]]]:
     if problems:
         return task_cfg, problems
     return task_cfg.model_copy(update={"sources": typed}), []
+
+
+def check_task_data(task_cfg, training: bool = True) -> list[tuple[str, str]]:
+    """A typed task config's ``dataset`` sources against their files: ``[(field path below the task, message)]``
+    (a missing file or column, an empty split, an unreachable hub id); with ``training``, some source must train."""
+    cls = task_class(task_cfg.domain)
+    problems = []
+    for index, source in enumerate(task_cfg.sources):
+        problems += _split_path(cls.check_source(source, f"sources.{index}"))
+    eval_only = [getattr(s, "heldout", None) == "all" and not getattr(s, "heldout_split", None) for s in task_cfg.sources]
+    if training and all(eval_only):
+        problems.append(("sources", "every source is eval-only (heldout: all): nothing to train on"))
+    return problems
+
+
+def _split_path(messages: list[str]) -> list[tuple[str, str]]:
+    return [tuple(message.split(": ", 1)) for message in messages]
 
 
 def source_kind(schema: type[SourceConfig]) -> str:
