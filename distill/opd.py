@@ -70,7 +70,7 @@ class DistillLoop:
 
     def step_line(self, step: int, m: dict[str, float]) -> str:
         return (
-            f"step {step}: loss {m['distill/loss']:.4f} len {m['response/length_mean']:.0f} "
+            f"loss {m['distill/loss']:.4f} len {m['response/length_mean']:.0f} "
             f"trunc {m['response/truncated_share']:.0%} | {phase_line(m)} | peak {m['memory/trainer_peak_gib']:.1f} GiB"
         )
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from .core.rundir import DamagedLog, read_jsonl
 from .report_plots import all_figures
 from .report_render import headline_lines, render_html, render_markdown
 
@@ -53,9 +54,8 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     data = RunData(name or path.name, path)
     if (path / "recipe.yaml").exists():
         data.recipe = yaml.safe_load((path / "recipe.yaml").read_text()) or {}
-    if (path / "metrics.jsonl").exists():
-        lines = (path / "metrics.jsonl").read_text().splitlines()
-        data.metrics = [json.loads(line) for line in lines if line.strip()]
+    if (path / "metrics.jsonl").exists():  # an interrupted run may leave a torn last line: dropped
+        data.metrics = read_jsonl(path / "metrics.jsonl")
     for file in sorted((path / "eval").glob("*.json")):
         target = data.sweeps if file.stem.endswith("_budget_sweep") else data.evals
         target[file.stem.removesuffix("_budget_sweep")] = json.loads(file.read_text())
@@ -354,7 +354,7 @@ def run_report(args) -> int:
         return 2
     try:
         report, runs = build_report(args.run_dirs)
-    except (FileNotFoundError, json.JSONDecodeError, yaml.YAMLError) as error:
+    except (FileNotFoundError, DamagedLog, json.JSONDecodeError, yaml.YAMLError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = args.output or (args.run_dirs[0] if len(args.run_dirs) == 1 else Path("report"))

@@ -74,7 +74,7 @@ class GrpoLoop:
 
     def step_line(self, step: int, m: dict[str, float]) -> str:
         return (
-            f"step {step}: reward {m['reward/mean']:.3f}±{m['reward/std']:.3f} len {m['response/length_mean']:.0f} "
+            f"reward {m['reward/mean']:.3f}±{m['reward/std']:.3f} len {m['response/length_mean']:.0f} "
             f"trunc {m['response/truncated_share']:.0%} loss {m['loss/policy']:.4f} | {phase_line(m)} | "
             f"peak {m['memory/trainer_peak_gib']:.1f} GiB"
         )
@@ -158,7 +158,26 @@ def grpo_step(recipe: Recipe, actors: Actors, task: Task, run: RunDir, step: int
     sample_modes = [mode_names[c.prompt_index] for c in completions]
     run.log_samples(step, _sample_rows(samples, scores_B + penalties_B, completions, sample_modes, cfg))
     metrics = _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg)
+    metrics["optim/lr"] = recipe.trainer.lr  # constant: the trainer has no schedule
+    warn_without_signal(step, rewards_P_G)
     return metrics | mode_metrics(sample_modes, completions, scores_B, penalties_B)
+
+
+def zero_variance_share(rewards_P_G: torch.Tensor) -> float:
+    """The share of groups whose G samples all got the same reward: zero advantage, no gradient."""
+    spread_P = rewards_P_G.max(dim=1).values - rewards_P_G.min(dim=1).values
+    return float((spread_P == 0).float().mean())
+
+
+def warn_without_signal(step: int, rewards_P_G: torch.Tensor) -> None:
+    """One warning for a step with no learning signal at all (every group zero-variance)."""
+    if zero_variance_share(rewards_P_G) == 1.0:
+        log.warning(
+            "step %d: all %d groups have zero reward variance (every sample of a prompt scored %s): "
+            "no learning signal this step; if this persists, the prompts are too easy or too hard "
+            "for the model, or the reward cannot tell samples apart",
+            step, rewards_P_G.shape[0], "the same" if rewards_P_G.unique().numel() > 1 else f"{float(rewards_P_G[0, 0]):g}",
+        )
 
 
 def _update(actors: Actors, cfg, seqs: Sequences, extras: dict, max_tokens: int) -> dict[str, float]:
@@ -195,6 +214,7 @@ def _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg) -> d
         "reward/task_mean": sum(scored.scores) / len(scored.scores),
         "reward/std": float(rewards_P_G.std()),
         "reward/solved_groups": float((rewards_P_G.max(dim=1).values > 0).float().mean()),
+        "reward/zero_variance_groups": zero_variance_share(rewards_P_G),
         "response/length_mean": float(lengths.mean()),
         "response/length_max": float(lengths.max()),
         "response/truncated_share": truncated,
@@ -205,6 +225,9 @@ def _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg) -> d
         "memory/trainer_peak_gib": ray.get(actors.trainer.peak_memory_gib.remote()),
         **{f"reward_failures/{name}": count for name, count in scored.failures.items()},
         **{f"reward_timeouts/{name}": count for name, count in scored.timeouts.items()},
+        **{f"reward_failures/{name}/{reason}": count for name, reasons in scored.reasons.items()
+           for reason, count in reasons.items()},
+        **{f"reward_raw/{name}": sum(values) / len(values) for name, values in scored.per_reward.items() if values},
         **{f"reward/{key}": sum(values) / len(values) for key, values in scored.components.items() if values},
         **rollout.metrics,
         **timer.metrics(),

@@ -137,7 +137,7 @@ class SftLoop:
         }
 
     def step_line(self, step: int, m: dict[str, float]) -> str:
-        return (f"sft step {step}: nll {m['loss/nll']:.4f} grad {m['loss/grad_norm']:.2f} "
+        return (f"nll {m['loss/nll']:.4f} grad {m['loss/grad_norm']:.2f} "
                 f"len {m['sft/completion_length_mean']:.0f} | {phase_line(m)}")
 
     def evaluate(self, tag: str, before: dict | None = None) -> dict:
