@@ -12,6 +12,13 @@ from collections.abc import Iterable
 import torch
 
 RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+# Per push, vLLM also logs at INFO "Reloading weights inplace...", "Reloading and processing weights
+# took N seconds" and "Successfully reset prefix cache": routine, and the step line already has the
+# push's seconds (time/weight_sync). Dropped by message; any warning of these loggers still shows.
+ROUTINE_PUSH_INFO = {
+    "vllm.model_executor.model_loader.reload.inplace": ("Reloading weights inplace", "Reloading and processing weights took"),
+    "vllm.v1.core.block_pool": ("Successfully reset prefix cache",),
+}
 
 
 class WeightSyncExtension:
@@ -26,6 +33,8 @@ class WeightSyncExtension:
         named_tensors = list(named_tensors)
         if not getattr(self, "_reload_noise_filtered", False):
             logging.getLogger(RELOAD_LOGGER).addFilter(KnownReloadNoise(self.model_runner.model))
+            for name, prefixes in ROUTINE_PUSH_INFO.items():
+                logging.getLogger(name).addFilter(RoutineInfo(prefixes))
             self._reload_noise_filtered = True
         self.reload_weights(weights_iterator=iter(named_tensors), is_checkpoint_format=True)
         return len(named_tensors)
@@ -49,6 +58,17 @@ class WeightSyncExtension:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
+
+
+class RoutineInfo(logging.Filter):
+    """Drops INFO (and lower) records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not str(record.msg).startswith(self.prefixes)
 
 
 class KnownReloadNoise(logging.Filter):
