@@ -20,6 +20,7 @@ zero-variance groups (they simply get zero advantage).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import ray
@@ -70,7 +71,13 @@ class GrpoLoop:
         return self.recipe.grpo.checkpoint_every
 
     def step(self, step: int) -> dict[str, float]:
-        return grpo_step(self.recipe, self.actors, self.task, self.run, step)
+        metrics = grpo_step(self.recipe, self.actors, self.task, self.run, step)
+        every, done = self.recipe.eval.every, step + 1
+        if every and done % every == 0 and done < self.steps:  # the last step's eval is "after"
+            started = time.perf_counter()
+            specialist_eval(self.recipe, self.actors, self.task, self.run, f"step_{done}", done)
+            metrics["time/eval"] = time.perf_counter() - started
+        return metrics
 
     def step_line(self, step: int, m: dict[str, float]) -> str:
         return (
@@ -80,11 +87,12 @@ class GrpoLoop:
         )
 
     def evaluate(self, tag: str, before: dict | None = None) -> dict:
-        return specialist_eval(self.recipe, self.actors, self.task, self.run, tag)
+        return specialist_eval(self.recipe, self.actors, self.task, self.run, tag, 0 if tag == "before" else self.steps)
 
 
-def specialist_eval(recipe: Recipe, actors: Actors, task: Task, run: RunDir, tag: str) -> dict:
-    """The task's held-out suites in every eval mode (and the budget sweep), saved under ``tag``."""
+def specialist_eval(recipe: Recipe, actors: Actors, task: Task, run: RunDir, tag: str, step: int | None = None) -> dict:
+    """The task's held-out suites in every eval mode (and the budget sweep), saved under ``tag``;
+    with ``step``, its scalars and a few outputs also go to the trackers at that step."""
     suites = task.heldout_suites(recipe.eval.suites, recipe.eval.num_problems)
     modes = {name: eval_mode(recipe, name) for name in eval_mode_names(recipe)}
     outputs: list[dict] = []
@@ -92,6 +100,8 @@ def specialist_eval(recipe: Recipe, actors: Actors, task: Task, run: RunDir, tag
                              pass_k=recipe.eval.pass_k, temperature=recipe.eval.temperature, outputs=outputs)
     run.save_eval(tag, report)
     run.save_eval_outputs(tag, outputs)
+    if step is not None:
+        run.log_eval(step, tag, report, outputs)
     for name, suite in report.items():
         passk = {k: v for k, v in suite.items() if k.startswith("pass@")}
         log.info(

@@ -143,4 +143,4 @@ class SftLoop:
     def evaluate(self, tag: str, before: dict | None = None) -> dict:
         if tag != "before":  # the engine serves evals only: give it the trained weights first
             self.actors.sync_weights(self.recipe.model.engine_dtype)
-        return specialist_eval(self.recipe, self.actors, self.task, self.run, tag)
+        return specialist_eval(self.recipe, self.actors, self.task, self.run, tag, 0 if tag == "before" else self.steps)

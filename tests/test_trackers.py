@@ -73,3 +73,24 @@ def test_a_tracker_whose_package_is_missing_fails_validation(tmp_path, monkeypat
 def test_an_unknown_tracker_is_a_field_error(tmp_path):
     with pytest.raises(RecipeError, match=r"run\.trackers\.0"):
         _recipe(tmp_path, trackers=["neptune"])
+
+
+def test_tensorboard_gets_eval_scalars_at_their_step_and_samples_as_text(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = _recipe(tmp_path)
+    run = RunDir(recipe.run.output_dir, recipe.run.name)
+    run.save_recipe(recipe)
+    run.log_samples(0, [{"mode": "default", "reward": 1.0, "prompt": "What is 1 | 2?", "completion": "3\nso 3"}])
+    run.log_metrics(0, {"reward/mean": 0.5})
+    report = {"gsm8k/default": {"suite": "gsm8k", "mode": "default", "problems": 4, "accuracy": 0.25, "pass@4": 0.5,
+                                "examples": [{"question": "q"}]}}
+    run.log_eval(5, "step_5", report, [{"suite": "gsm8k", "mode": "default", "score": 1.0, "question": "q", "output": "7"}])
+    run.close()
+    events = EventAccumulator(str(run.path / "tb"), size_guidance={"tensors": 0}).Reload()
+    assert [(e.step, e.value) for e in events.Scalars("eval/gsm8k/default/accuracy")] == [(5, 0.25)]
+    assert events.Scalars("eval/gsm8k/default/pass@4")[0].value == 0.5
+    text = events.Tensors("samples/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "What is 1 \\| 2?" in text and "3<br>so 3" in text
+    assert events.Tensors("eval/step_5/text_summary")[0].step == 5
+    assert [row["step"] for row in run.read_metrics()] == [0], "eval scalars stay out of metrics.jsonl"

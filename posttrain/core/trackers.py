@@ -23,7 +23,8 @@ from pathlib import Path
 from posttrain.plugins import NotFound, Registry
 
 # A tracker is a factory ``(path, run_cfg, recipe_dump, purge_step) -> sink`` with ``log(step, metrics)``
-# and ``close()``; ``@tracker("name")`` registers one, ``module:factory`` names one without registering.
+# and ``close()``, and optionally ``log_text(step, tag, markdown)`` (sample completions, eval outputs);
+# ``@tracker("name")`` registers one, ``module:factory`` names one without registering.
 TRACKERS: Registry = Registry("tracker", entry_point_group="posttrain.trackers")
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 _INSTALL = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow-skinny (or mlflow)"}
@@ -58,6 +59,11 @@ class TensorBoardSink:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
             self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def log_text(self, step: int, tag: str, text: str) -> None:
+        """Markdown (sample completions, eval outputs): TensorBoard's Text tab."""
+        self.writer.add_text(tag, text, step)
         self.writer.flush()
 
     def close(self) -> None:
