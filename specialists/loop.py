@@ -71,13 +71,14 @@ class GrpoLoop:
         return self.recipe.grpo.checkpoint_every
 
     def step(self, step: int) -> dict[str, float]:
-        metrics = grpo_step(self.recipe, self.actors, self.task, self.run, step)
-        every, done = self.recipe.eval.every, step + 1
-        if every and done % every == 0 and done < self.steps:  # the last step's eval is "after"
+        """``eval.every``: the eval of the weights after ``step`` updates opens step ``step``
+        (the engine holds them; trackers see it at that step, as ``before`` at 0 and ``after`` at the end)."""
+        extra = {}
+        if self.recipe.eval.every and step > 0 and step % self.recipe.eval.every == 0:
             started = time.perf_counter()
-            specialist_eval(self.recipe, self.actors, self.task, self.run, f"step_{done}", done)
-            metrics["time/eval"] = time.perf_counter() - started
-        return metrics
+            specialist_eval(self.recipe, self.actors, self.task, self.run, f"step_{step}", step)
+            extra["time/eval"] = time.perf_counter() - started
+        return grpo_step(self.recipe, self.actors, self.task, self.run, step) | extra
 
     def step_line(self, step: int, m: dict[str, float]) -> str:
         return (

@@ -46,7 +46,7 @@ def test_posttrain_run_writes_a_complete_run_directory(tmp_path, ray_local, tiny
     for step in (1, 2):
         assert (run / "checkpoints" / f"step_{step}" / "adapter_model.safetensors").exists()  # quickstart is LoRA
     assert {"reward/zero_variance_groups", "optim/lr", "reward_raw/math_verify"} <= set(rows[0])
-    assert (run / "eval" / "step_1.json").exists() and "time/eval" in rows[0]  # eval.every=1; step 2's is "after"
+    assert (run / "eval" / "step_1.json").exists() and "time/eval" in rows[1]  # eval.every=1; step 2's is "after"
     section = json.loads((run / "report.json").read_text())["sections"][0]
     assert [step for step, _ in next(iter(section["eval_curve"].values()))] == [0, 1, 2]
     assert main(["export", str(run), "--out", str(tmp_path / "exported")]) == 0

@@ -6,7 +6,7 @@ Layout::
       recipe.yaml          the resolved recipe (after overrides), as run
       metrics.jsonl        one JSON object per logged step
       tb/                  TensorBoard event files (W&B / MLflow too when ``run.trackers`` names them):
-                           step metrics, eval scalars at their step, sample and eval outputs as text
+                           step metrics, eval scalars at their step, sample and eval outputs as tables
       trackers.json        the W&B / MLflow run ids, so a resumed run continues the same tracker run
       samples.jsonl        sampled completions with their rewards
       eval/<tag>.json      held-out eval results
@@ -30,7 +30,7 @@ from .trackers import make_sinks
 
 log = logging.getLogger("posttrain")
 LOGS = ("metrics.jsonl", "samples.jsonl")  # appended per step; a resume rewinds both
-EVAL_TEXT_ROWS = 8  # eval outputs shown per eval in a tracker's text panel
+EVAL_TABLE_ROWS = 8  # eval outputs sent to the trackers per eval
 
 
 class DamagedLog(ValueError):
@@ -87,7 +87,7 @@ class RunDir:
         with open(self.path / "samples.jsonl", "a") as handle:
             for row in rows:
                 handle.write(json.dumps({"step": step, **row}) + "\n")
-        self._log_text(step, "samples", markdown_rows(rows, ("mode", "reward", "prompt", "completion")))
+        self._log_table(step, "samples", ("mode", "reward", "prompt", "completion"), rows)
 
     def log_eval(self, step: int, tag: str, report: dict[str, dict], outputs: list[dict] = ()) -> None:
         """An eval's scalars (``eval/<suite>/<mode>/<metric>``) and its first outputs to the trackers at
@@ -96,12 +96,12 @@ class RunDir:
                    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
         for sink in self._metric_sinks():
             sink.log(step, scalars)
-        self._log_text(step, f"eval/{tag}", markdown_rows(list(outputs)[:EVAL_TEXT_ROWS], ("suite", "mode", "score", "question", "output")))
+        self._log_table(step, f"eval/{tag}", ("suite", "mode", "score", "question", "output"), list(outputs)[:EVAL_TABLE_ROWS])
 
-    def _log_text(self, step: int, tag: str, text: str) -> None:
+    def _log_table(self, step: int, tag: str, columns: tuple[str, ...], rows: list[dict]) -> None:
         for sink in self._metric_sinks():
-            if text and hasattr(sink, "log_text"):  # optional: TensorBoard has it
-                sink.log_text(step, tag, text)
+            if rows and hasattr(sink, "log_table"):  # optional for a sink; the built-in ones have it
+                sink.log_table(step, tag, columns, rows)
 
     def save_eval(self, tag: str, result: dict) -> Path:
         target = self.path / "eval" / f"{tag}.json"
@@ -164,20 +164,6 @@ class RunDir:
         for sink in self._sinks or []:
             sink.close()
         self._sinks = None
-
-
-def markdown_rows(rows: list[dict], columns: tuple[str, ...], width: int = 400) -> str:
-    """A Markdown table of ``rows`` (cells cut to ``width`` characters), for a tracker's text panel."""
-    if not rows:
-        return ""
-
-    def cell(value) -> str:
-        text = f"{value:.3f}" if isinstance(value, float) else str(value)
-        text = text if len(text) <= width else text[:width] + "..."
-        return text.replace("|", "\\|").replace("\n", "<br>")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows])
 
 
 def _step_of(row: dict) -> float:
