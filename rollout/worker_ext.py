@@ -60,6 +60,32 @@ class WeightSyncExtension:
         torch.manual_seed(seed)
 
 
+LOAD_CAST_LOGGER = "vllm.model_executor.models.utils"
+
+
+def quiet_requested_cast(dtype: str) -> None:
+    """Install ``RequestedCast`` for an engine of ``dtype``: call before ``vllm.LLM`` loads the model."""
+    logging.getLogger(LOAD_CAST_LOGGER).addFilter(RequestedCast(dtype))
+
+
+class RequestedCast(logging.Filter):
+    """Drops vLLM's per-tensor "Attempted to load weight W with dtype float32 into parameter with
+    dtype bfloat16" when the parameter's dtype is the engine's own (``model.engine_dtype``): a model
+    stored in float32 (the built-in SmolLM2, every full fine-tuning checkpoint) is cast on purpose,
+    and vLLM warned once per tensor (122 lines for SmolLM2) at every engine start. A cast into any
+    other dtype still warns. Installed in the engine's process: a multi-process engine's workers
+    (GPU, tensor parallel) are not reached."""
+
+    def __init__(self, dtype: str):
+        super().__init__()
+        self.engine_dtype = f"torch.{dtype}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Attempted to load weight %s with dtype %s") or len(record.args or ()) != 3:
+            return True
+        return str(record.args[2]) != self.engine_dtype
+
+
 class RoutineInfo(logging.Filter):
     """Drops INFO (and lower) records whose message starts with one of ``prefixes``."""
 
