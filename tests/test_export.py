@@ -2,6 +2,7 @@
 transformers loads as is, with the weights the run's engine had (vLLM: test_integration_export.py)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,3 +106,33 @@ def test_the_cli_exports_a_run_in_its_engine_dtype_and_names_bad_input(lora_run,
     assert "exists and is not empty" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "nope"), "--out", str(tmp_path / "other")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_push_to_hub_uploads_the_finished_directory_and_an_offline_hub_keeps_the_export(lora_run, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+
+    class RecordingApi:  # stands in for the hub (none is reachable here)
+        def create_repo(self, repo, **kwargs):
+            calls.append(("create_repo", repo, kwargs["private"]))
+
+        def upload_folder(self, folder_path, repo_id, **kwargs):
+            calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            return f"https://hub/{repo_id}/commit/1"
+
+    root, _ = lora_run
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    assert main(["export", str(root), "--out", str(tmp_path / "a"), "--push-to-hub", "me/model", "--private"]) == 0
+    assert calls[0] == ("create_repo", "me/model", True)
+    assert calls[1][0] == "upload_folder" and {"config.json", "model.safetensors", "chat_template.jinja"} <= set(calls[1][2])
+
+    class Offline:
+        def create_repo(self, repo, **kwargs):
+            raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
+    assert main(["export", str(root), "--out", str(tmp_path / "b"), "--push-to-hub", "me/model"]) == 1
+    err = capsys.readouterr().err
+    assert "could not push to the hub repo 'me/model': ConnectionError" in err and "hf upload me/model" in err
+    assert (tmp_path / "b" / "config.json").exists(), "the export itself is complete"
