@@ -100,7 +100,7 @@ def distill_step(recipe: Recipe, actors: Actors, pool, router: Router, run: RunD
         {"key": "/".join(prompts[c.prompt_index].key), "prompt": prompts[c.prompt_index].message, "completion": c.text}
         for c in completions[: cfg.log_samples]
     ])
-    return _step_metrics(rollout, update, router, timer, actors)
+    return _step_metrics(rollout, update, router, timer, actors) | {"optim/lr": recipe.trainer.lr}  # constant: no schedule
 
 
 def _step_metrics(rollout, update, router, timer, actors) -> dict[str, float]:

@@ -131,6 +131,7 @@ class SftLoop:
         modes = {e.mode for e in examples}
         return {
             "loss/nll": update["loss"], "loss/grad_norm": update["grad_norm"], "sft/tokens": float(tokens),
+            "optim/lr": self.recipe.trainer.lr,  # the stage's (sft.lr or trainer.lr); constant: no schedule
             "sft/completion_length_mean": sum(lengths) / len(lengths), "sft/completion_length_max": float(max(lengths)),
             **{f"mode/{m}/examples": float(sum(e.mode == m for e in examples)) for m in sorted(modes)},
             **timer.metrics(),
