@@ -36,7 +36,8 @@ from posttrain.core.modes import eval_mode_names  # noqa: E402
 from posttrain.core.rundir import read_jsonl  # noqa: E402
 from posttrain.core.tasks import make_task  # noqa: E402
 from posttrain.evaluate import find_checkpoint  # noqa: E402
-from posttrain.export import default_dtype, export_checkpoint, saved_checkpoint  # noqa: E402
+from posttrain.core.checkpoints import saved_checkpoint  # noqa: E402
+from posttrain.export import default_dtype, export_checkpoint  # noqa: E402
 from posttrain.raycluster import init_ray  # noqa: E402
 from posttrain.recipe import load_recipe  # noqa: E402
 from specialists.loop import eval_mode  # noqa: E402

@@ -9,9 +9,9 @@ A LoRA checkpoint is merged into its base in float32 (the base the adapter recor
 it was trained over) and cast once to ``--dtype``: by default the run's ``model.engine_dtype``,
 so the exported model is, weight for weight, the one the run's own eval measured.
 
-Export takes a ``CheckpointWeights`` -- where the weights come from, as one state dict --
-so a checkpoint stored another way (e.g. sharded) needs only another constructor beside
-``saved_checkpoint``. It never starts Ray or an engine.
+Export takes a ``CheckpointWeights`` (``posttrain/core/checkpoints.py``) -- where the weights come
+from, as one state dict -- so a checkpoint stored another way (e.g. sharded) needs only another
+constructor beside ``saved_checkpoint``. It never starts Ray or an engine.
 """
 
 from __future__ import annotations
@@ -20,82 +20,16 @@ import json
 import logging
 import shutil
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .core.checkpoints import adapter_base
+from .core.checkpoints import CheckpointWeights, save_tokenizer, saved_checkpoint, write_model_dir
 from .evaluate import find_checkpoint, own_recipe
 
-log = logging.getLogger("posttrain.export")
 DTYPES = ("float32", "bfloat16", "float16")
 PROVENANCE = "posttrain_export.json"
-
-
-@dataclass
-class CheckpointWeights:
-    """A checkpoint's weights, however stored: ``load()`` returns them as one state dict.
-
-    ``adapter`` is the peft LoRA config (``adapter_config.json`` as a dict) when the state dict
-    holds LoRA tensors (peft names) over ``base``; None when it holds full HF-named weights of a
-    model shaped like ``base``.
-    """
-
-    origin: str  # what the user named, for messages and the provenance file
-    base: str  # HF model directory: the config, and the base weights of an adapter
-    tokenizer: str  # directory with the tokenizer and its chat template
-    adapter: dict | None
-    load: Callable[[], dict[str, torch.Tensor]]
-
-
-def saved_checkpoint(path: str | Path, base: str | None = None) -> CheckpointWeights:
-    """The weights of a directory ``PolicyTrainer.save`` wrote: a peft adapter, or full safetensors."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if (path / "adapter_config.json").exists():
-        base_dir = adapter_base(path, base)
-        adapter = json.loads((path / "adapter_config.json").read_text())
-        load = lambda: load_file(path / "adapter_model.safetensors")  # noqa: E731
-    elif (path / "config.json").exists():
-        base_dir, adapter = str(path), None
-        load = lambda: {k: v for shard in sorted(path.glob("*.safetensors")) for k, v in load_file(shard).items()}  # noqa: E731
-    else:
-        raise FileNotFoundError(f"{str(path)!r} holds neither a LoRA adapter (adapter_config.json) nor a model (config.json)")
-    tokenizer = str(path) if (path / "tokenizer_config.json").exists() else base_dir
-    return CheckpointWeights(str(path), base_dir, tokenizer, adapter, load)
-
-
-def merged_model(weights: CheckpointWeights, dtype: str):
-    """The full model: base + LoRA deltas merged in float32 (or the full weights), cast once to ``dtype``."""
-    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(weights.base, dtype=torch.float32)
-    if weights.adapter is not None:
-        peft_model = get_peft_model(model, PeftConfig.from_peft_type(**{**weights.adapter, "inference_mode": True}))
-        result = set_peft_model_state_dict(peft_model, weights.load())
-        if result.unexpected_keys:
-            raise ValueError(f"{weights.origin}: adapter tensors the model does not have: {result.unexpected_keys[:3]}")
-        model = peft_model.merge_and_unload()
-    else:
-        missing, unexpected = model.load_state_dict(weights.load(), strict=False)
-        tied = getattr(model.config, "tie_word_embeddings", False)
-        missing = [name for name in missing if not (tied and name.startswith("lm_head."))]
-        if missing or unexpected:
-            raise ValueError(f"{weights.origin} does not match {weights.base}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return model.to(getattr(torch, dtype))
-
-
-def write_model_dir(weights: CheckpointWeights, out: Path, dtype: str) -> None:
-    """A plain HF directory: config, safetensors, generation config, tokenizer + chat template."""
-    model = merged_model(weights, dtype)
-    model.save_pretrained(out)
-    _save_tokenizer(weights, out)
 
 
 def write_adapter_dir(weights: CheckpointWeights, out: Path, base_id: str | None = None) -> None:
@@ -106,16 +40,7 @@ def write_adapter_dir(weights: CheckpointWeights, out: Path, base_id: str | None
     out.mkdir(parents=True, exist_ok=True)
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     save_file({k: v.contiguous() for k, v in weights.load().items()}, out / "adapter_model.safetensors", metadata={"format": "pt"})
-    _save_tokenizer(weights, out)
-
-
-def _save_tokenizer(weights: CheckpointWeights, out: Path) -> None:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(weights.tokenizer)
-    if not tokenizer.chat_template:
-        log.warning("%s: the tokenizer has no chat template; tools that format chats will need one", weights.tokenizer)
-    tokenizer.save_pretrained(out)
+    save_tokenizer(weights, out)
 
 
 def export_checkpoint(weights: CheckpointWeights, out: Path, adapter: bool = False, dtype: str = "float32",

@@ -11,7 +11,8 @@ import yaml
 from posttrain.cli import main
 from posttrain.core.policy import PolicyTrainer, Sequences
 from posttrain.core.schema import LoraConfig, TrainerConfig
-from posttrain.export import PROVENANCE, export_checkpoint, saved_checkpoint
+from posttrain.core.checkpoints import saved_checkpoint
+from posttrain.export import PROVENANCE, export_checkpoint
 from specialists.grpo import GrpoLoss, LossNormalizer
 
 SEQS = Sequences(prompt_ids=[[1, 5, 9, 11], [1, 7]], completion_ids=[[20, 21, 2], [30, 31, 32, 2]])

@@ -5,7 +5,8 @@ import pytest
 import ray
 import torch
 
-from posttrain.export import export_checkpoint, saved_checkpoint
+from posttrain.core.checkpoints import saved_checkpoint
+from posttrain.export import export_checkpoint
 from rollout.engine import EngineConfig, SamplingSpec, engine_actor
 
 from .test_export import QUESTIONS, trained_run
