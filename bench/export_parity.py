@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -51,6 +52,13 @@ def main() -> None:
     args = parser.parse_args()
     reference = {(r["suite"], r["mode"], r["question"]): r for r in read_jsonl(args.run / "eval" / "after_outputs.jsonl")}
     scratch = Path(tempfile.mkdtemp(prefix="export-parity-"))
+    try:
+        compare(args, reference, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def compare(args, reference: dict, scratch: Path) -> None:
     started = time.perf_counter()
     dtype = default_dtype(str(args.run))
     out = export_checkpoint(saved_checkpoint(find_checkpoint(str(args.run))), scratch / "model", dtype=dtype)

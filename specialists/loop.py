@@ -171,6 +171,9 @@ def grpo_step(recipe: Recipe, actors: Actors, task: Task, run: RunDir, step: int
     metrics = _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg)
     metrics["optim/lr"] = recipe.trainer.lr  # constant: the trainer has no schedule
     warn_without_signal(step, rewards_P_G)
+    if metrics["response/truncated_share"] > cfg.truncation_warn:
+        log.warning("step %d: %.0f%% of samples hit their mode's max_tokens and were truncated; raise it or shape "
+                    "length", step, 100 * metrics["response/truncated_share"])
     return metrics | mode_metrics(sample_modes, completions, scores_B, penalties_B)
 
 
@@ -215,11 +218,6 @@ def _update(actors: Actors, cfg, seqs: Sequences, extras: dict, max_tokens: int)
 def _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg) -> dict[str, float]:
     lengths = torch.tensor([len(c.token_ids) for c in rollout.completions], dtype=torch.float32)
     truncated = sum(c.truncated for c in rollout.completions) / len(rollout.completions)
-    if truncated > cfg.truncation_warn:
-        log.warning(
-            "%.0f%% of samples hit their mode's max_tokens and were truncated; raise it or shape length",
-            100 * truncated,
-        )
     metrics = {
         "reward/mean": float(rewards_P_G.mean()),  # task reward + length shaping: what advantages see
         "reward/task_mean": sum(scored.scores) / len(scored.scores),
