@@ -70,7 +70,7 @@ class DistillLoop:
 
     def step_line(self, step: int, m: dict[str, float]) -> str:
         return (
-            f"step {step}: loss {m['distill/loss']:.4f} len {m['response/length_mean']:.0f} "
+            f"loss {m['distill/loss']:.4f} len {m['response/length_mean']:.0f} "
             f"trunc {m['response/truncated_share']:.0%} | {phase_line(m)} | peak {m['memory/trainer_peak_gib']:.1f} GiB"
         )
 
@@ -100,7 +100,7 @@ def distill_step(recipe: Recipe, actors: Actors, pool, router: Router, run: RunD
         {"key": "/".join(prompts[c.prompt_index].key), "prompt": prompts[c.prompt_index].message, "completion": c.text}
         for c in completions[: cfg.log_samples]
     ])
-    return _step_metrics(rollout, update, router, timer, actors)
+    return _step_metrics(rollout, update, router, timer, actors) | {"optim/lr": recipe.trainer.lr}  # constant: no schedule
 
 
 def _step_metrics(rollout, update, router, timer, actors) -> dict[str, float]:

@@ -91,6 +91,8 @@ def recovery_eval(recipe, actors, pool, router: Router, run, tag: str, before: d
         report["recovery"] = recovery_table(before, report, router)
     run.save_eval(tag, report)
     _log_report(tag, report)
+    step = 0 if tag == "before" else recipe.distill.steps  # trackers: eval/<domain>/<mode>/<metric>, eval/kl/<teacher>
+    run.log_eval(step, tag, {**report["student"], "kl": report["kl"]})
     return report
 
 

@@ -1,5 +1,6 @@
 """``posttrain`` command line: ``posttrain run RECIPE [key=value ...]``, ``check``, ``fields``,
-``eval CHECKPOINT --suites ...`` (posttrain/evaluate.py), ``report RUN_DIR ...`` (posttrain/report.py)."""
+``eval CHECKPOINT --suites ...`` (posttrain/evaluate.py), ``report RUN_DIR ...`` (posttrain/report.py),
+``export RUN_OR_CHECKPOINT --out DIR`` (posttrain/export.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from ray.exceptions import ActorDiedError, RayActorError
 from .core.rundir import DamagedLog, RunDir
 from .evaluate import add_arguments as add_eval_arguments
 from .evaluate import run_eval_command
+from .export import add_arguments as add_export_arguments
+from .export import run_export_command
 from .fieldref import field_reference
 from .pipeline import StageFailed, run_pipeline, stage_seconds
 from .raycluster import init_ray
@@ -38,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("fields", help="print the reference of every recipe field (Markdown)")
     add_report_arguments(sub.add_parser("report", help="JSON + HTML/Markdown report of run directories"))
     add_eval_arguments(sub.add_parser("eval", help="evaluate a checkpoint or model on held-out suites"))
+    add_export_arguments(sub.add_parser("export", help="a checkpoint as a plain HF model directory (or peft adapter)"))
     args = parser.parse_args(argv)
+    if args.command == "export":
+        return run_export_command(args)
     if args.command in ("report", "eval"):
         return (run_report if args.command == "report" else run_eval_command)(args)
     if args.command == "fields":

@@ -15,7 +15,8 @@ suite scored by its own scorer, through the one eval path ``posttrain/core/evalu
   domain ``--domain``, ``docs/data.md``), scored by the domain's scorer or, with ``--reward``, by the named
   rewards (``score`` = their weighted sum, each one's value beside it); checked like a recipe before Ray starts.
 - modes, thinking tags, eval settings (pass@k, budget sweep) and the engine come
-  from ``--recipe`` (with overrides) or the defaults: one non-thinking ``default`` mode.
+  from ``--recipe`` (with overrides), else the run's own ``recipe.yaml`` (a run directory
+  or one of its checkpoints), else the defaults: one non-thinking ``default`` mode.
 
 Writes ``OUTPUT/eval/<tag>.json`` (and ``<tag>_budget_sweep.json``) in the run
 directory layout, so ``posttrain report OUTPUT`` reads it, plus ``OUTPUT/eval_info.json``.
@@ -104,11 +105,22 @@ def find_checkpoint(spec: str) -> str:
     return spec
 
 
+def own_recipe(spec: str) -> Path | None:
+    """The ``recipe.yaml`` a run wrote, for a run directory or one of its ``checkpoints/step_N``."""
+    path = Path(spec).expanduser()
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path
+    found = run_dir / "recipe.yaml"
+    return found if path.is_dir() and found.is_file() else None
+
+
 def plan(args, checkpoint: str):
     """The recipe (``--recipe`` + overrides, or defaults) and the suites grouped by task config."""
     if args.recipe and not Path(args.recipe).is_file():
         raise RecipeError(f"recipe file {args.recipe!r} does not exist")
-    data = yaml.safe_load(Path(args.recipe).read_text()) if args.recipe else {}
+    recipe_file = args.recipe or own_recipe(args.checkpoint)
+    if recipe_file and not args.recipe:
+        log.info("evaluating with the run's own recipe %s (--recipe overrides it)", recipe_file)
+    data = yaml.safe_load(Path(recipe_file).read_text()) if recipe_file else {}
     data = apply_overrides(data or {}, list(args.overrides))
     if args.num_problems is not None:
         data.setdefault("eval", {})["num_problems"] = args.num_problems
@@ -122,7 +134,7 @@ def plan(args, checkpoint: str):
     if not own:
         data["task"] = groups[0][0]
     data.setdefault("model", {})["path"] = _validation_model(checkpoint, args.base)
-    recipe = validate_recipe(data, origin=args.recipe or "eval defaults")
+    recipe = validate_recipe(data, origin=str(recipe_file or "eval defaults"))
     _modes(recipe, args.modes)  # unknown modes fail here, before the engine starts
     return recipe, groups
 

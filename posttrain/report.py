@@ -6,8 +6,9 @@ plots as base64 PNG) and ``report.md`` (PNGs beside it in ``report_files/``).
 
 Per run: held-out score per suite/mode for every eval tag (``before`` -> ``after``),
 train reward (or distillation loss) first -> last quarter of the steps, time per
-phase, thinking/answer tokens per mode, the accuracy-vs-budget sweeps, and for a
-distillation run its student-vs-teachers recovery table. A pipeline directory
+phase, thinking/answer tokens per mode, the accuracy-vs-budget sweeps, for a
+distillation run its student-vs-teachers recovery table, and (``posttrain/report_details.py``)
+the held-out score over training (``eval.every``), sample completions and the resolved config. A pipeline directory
 (``pipeline.json`` and/or ``stages/<name>/``, each stage a run directory) gives a
 section per stage and a table of stage wall times; ``summarize_stages`` takes any
 list of ``(stage name, run dir)`` so it does not depend on that layout.
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from .core.rundir import DamagedLog, read_jsonl
+from .report_details import eval_curve, flat_config, sample_rows, step_of_tag
 from .report_plots import all_figures
 from .report_render import headline_lines, render_html, render_markdown
 
@@ -44,6 +47,9 @@ class RunData:
     evals: dict[str, dict] = field(default_factory=dict)  # tag -> eval json (budget sweeps apart)
     sweeps: dict[str, dict] = field(default_factory=dict)  # tag -> budget sweep json
     student_table: list[dict] = field(default_factory=list)  # a pipeline's eval stage: base / specialist / student
+    step_evals: dict[int, dict] = field(default_factory=dict)  # eval.every: step -> eval json (eval/step_N.json)
+    samples: list[dict] = field(default_factory=list)  # samples.jsonl
+    outputs: dict[str, list[dict]] = field(default_factory=dict)  # tag -> eval/<tag>_outputs.jsonl rows
 
 
 def load_run(path: str | Path, name: str | None = None) -> RunData:
@@ -53,12 +59,18 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     data = RunData(name or path.name, path)
     if (path / "recipe.yaml").exists():
         data.recipe = yaml.safe_load((path / "recipe.yaml").read_text()) or {}
-    if (path / "metrics.jsonl").exists():
-        lines = (path / "metrics.jsonl").read_text().splitlines()
-        data.metrics = [json.loads(line) for line in lines if line.strip()]
+    if (path / "metrics.jsonl").exists():  # an interrupted run may leave a torn last line: dropped
+        data.metrics = read_jsonl(path / "metrics.jsonl")
+    if (path / "samples.jsonl").exists():
+        data.samples = read_jsonl(path / "samples.jsonl")
     for file in sorted((path / "eval").glob("*.json")):
+        if (step := step_of_tag(file.stem)) is not None:
+            data.step_evals[step] = json.loads(file.read_text())
+            continue
         target = data.sweeps if file.stem.endswith("_budget_sweep") else data.evals
         target[file.stem.removesuffix("_budget_sweep")] = json.loads(file.read_text())
+    for file in sorted((path / "eval").glob("*_outputs.jsonl")):
+        data.outputs[file.name.removesuffix("_outputs.jsonl")] = read_jsonl(file)
     _load_student_eval(path, data)
     data.evals = {tag: data.evals[tag] for tag in ordered_tags(data.evals)}
     data.sweeps = {tag: data.sweeps[tag] for tag in ordered_tags(data.sweeps)}
@@ -205,6 +217,14 @@ def time_summary(data: RunData) -> dict:
     }
 
 
+def _last_step(data: RunData) -> int | None:
+    """Where the ``after`` eval sits on the step axis: the recipe's step count, else after the last logged step."""
+    steps = ((data.recipe.get("grpo") or {}).get("steps") if data.recipe.get("task") else None)
+    if steps is None and data.metrics:
+        steps = max(row.get("step", 0) for row in data.metrics) + 1
+    return steps
+
+
 def checkpoints(path: Path) -> list[int]:
     found = [p.name.removeprefix("step_") for p in (path / "checkpoints").glob("step_*")]
     return sorted(int(step) for step in found if step.isdigit())
@@ -229,6 +249,9 @@ def summarize_run(data: RunData) -> dict:
         "budget_sweeps": data.sweeps,
         "checkpoints": steps,
         "final_checkpoint": str(data.path / "checkpoints" / f"step_{steps[-1]}") if steps else None,
+        "eval_curve": eval_curve(data.evals, data.step_evals, _last_step(data)),
+        "samples": sample_rows(data.samples, data.outputs),
+        "config": flat_config(data.recipe),
     }
     recovery = next((e["recovery"] for e in reversed(data.evals.values()) if "recovery" in e), None)
     if recovery is not None:
@@ -354,7 +377,7 @@ def run_report(args) -> int:
         return 2
     try:
         report, runs = build_report(args.run_dirs)
-    except (FileNotFoundError, json.JSONDecodeError, yaml.YAMLError) as error:
+    except (FileNotFoundError, DamagedLog, json.JSONDecodeError, yaml.YAMLError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = args.output or (args.run_dirs[0] if len(args.run_dirs) == 1 else Path("report"))

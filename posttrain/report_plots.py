@@ -1,21 +1,31 @@
 """The report's plots (matplotlib, Agg), each returned as PNG bytes; a plot with no data is left out.
 
-Names are ``<section index>_<plot>`` (``0_curves``, ``0_scores``, ``0_tokens``,
+Names are ``<section index>_<plot>`` (``0_curves``, ``0_eval_curve``, ``0_scores``, ``0_tokens``,
 ``0_budget``, ``0_recovery``, ``0_student``) plus ``stages`` for a pipeline's wall times.
 """
 
 from __future__ import annotations
 
 import io
+import re
 
 from .core.plots import budget_sweep_figure, pyplot
 
-CURVE_PANELS = (  # (title, metric names or prefix patterns "prefix*")
+CURVE_PANELS = (  # (title, metric names; "*": one path segment, e.g. a mode; "**": one or more, e.g. a teacher "add/high")
     ("reward", ("reward/mean", "mode/*/reward")),
-    ("loss", ("loss/policy", "distill/loss")),
-    ("KL", ("loss/kl", "distill/kl/*")),
+    ("reward components", ("reward_raw/*", "reward/*/*")),
+    ("zero-variance groups (share)", ("reward/zero_variance_groups",)),
+    ("loss", ("loss/policy", "loss/nll", "distill/loss")),
+    ("KL", ("loss/kl", "distill/kl/**")),
+    ("grad norm", ("loss/grad_norm", "distill/grad_norm")),
+    ("clipped token share", ("loss/clipped_token_share",)),
+    ("truncated share", ("response/truncated_share", "mode/*/truncated_share")),
     ("completion tokens", ("response/length_mean", "response/thinking_tokens_mean")),
+    ("learning rate", ("optim/lr",)),
+    ("rollout tokens/s", ("rollout/tokens_per_s",)),
+    ("trainer-engine mismatch", ("mismatch/mean_abs_logp_diff",)),
 )
+PANELS_PER_ROW = 4
 
 
 def _pyplot():
@@ -32,13 +42,10 @@ def _png(figure) -> bytes:
 
 def _matching(metrics: list[dict], patterns) -> list[str]:
     names = dict.fromkeys(key for row in metrics for key in row)
-    found = []
+    found: list[str] = []
     for pattern in patterns:
-        if "*" not in pattern:
-            found += [pattern] if pattern in names else []
-            continue
-        head, _, tail = pattern.partition("*")
-        found += [n for n in names if n.startswith(head) and n.endswith(tail) and n != head.rstrip("/")]
+        regex = re.compile(".+".join("[^/]+".join(map(re.escape, part.split("*"))) for part in pattern.split("**")))
+        found += [name for name in names if regex.fullmatch(name) and name not in found]
     return found
 
 
@@ -48,20 +55,41 @@ def learning_curves(metrics: list[dict]) -> bytes | None:
     if not panels:
         return None
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for axis, (title, names) in zip(axes[0], panels):
-        many = len(names) > 6  # e.g. a KL per teacher: thin lines and their mean
-        for name in names:
-            points = [(row["step"], row[name]) for row in metrics if name in row]
-            axis.plot(*zip(*points), marker="" if many else "o", markersize=3, linewidth=0.8 if many else 1.5,
-                      alpha=0.35 if many else 1.0, label=None if many else name)
-        if many:
-            rows = [row for row in metrics if any(n in row for n in names)]
-            mean = [sum(r[n] for n in names if n in r) / sum(n in r for n in names) for r in rows]
-            axis.plot([r["step"] for r in rows], mean, color="black", linewidth=2, label=f"mean of {len(names)}")
-        axis.set(title=title, xlabel="step")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+    rows, columns = -(-len(panels) // PANELS_PER_ROW), min(len(panels), PANELS_PER_ROW)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for axis, (title, names) in zip(axes.flat, panels):
+        _draw_panel(axis, metrics, title, names)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.set_visible(False)
+    return _png(figure)
+
+
+def _draw_panel(axis, metrics: list[dict], title: str, names: list[str]) -> None:
+    many = len(names) > 6  # e.g. a KL per teacher: thin lines and their mean
+    for name in names:
+        points = [(row["step"], row[name]) for row in metrics if name in row]
+        axis.plot(*zip(*points), marker="" if many else "o", markersize=3, linewidth=0.8 if many else 1.5,
+                  alpha=0.35 if many else 1.0, label=None if many else name)
+    if many:
+        rows = [row for row in metrics if any(n in row for n in names)]
+        mean = [sum(r[n] for n in names if n in r) / sum(n in r for n in names) for r in rows]
+        axis.plot([r["step"] for r in rows], mean, color="black", linewidth=2, label=f"mean of {len(names)}")
+    axis.set(title=title, xlabel="step")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+
+
+def eval_over_training(curve: dict[str, list[list[float]]]) -> bytes | None:
+    """Held-out score per suite/mode at each evaluated step (before = 0, ``eval.every``, after)."""
+    if not curve:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 3.6))
+    for key, points in curve.items():
+        axis.plot(*zip(*points), marker="o", markersize=4, label=key)
+    axis.set(title="held-out score over training (greedy)", xlabel="step", ylabel="score", ylim=(-0.02, 1.02))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
     return _png(figure)
 
 
@@ -160,6 +188,7 @@ def all_figures(report: dict, runs: list) -> dict[str, bytes]:
     for index, (section, run) in enumerate(zip(report["sections"], runs, strict=True)):
         figures |= {
             f"{index}_curves": learning_curves(run.metrics),
+            f"{index}_eval_curve": eval_over_training(section.get("eval_curve") or {}),
             f"{index}_scores": suite_scores(section["scores"], section["eval_tags"]),
             f"{index}_tokens": token_use(section["token_use"], section["train_token_use"]),
             f"{index}_budget": budget_curves(section["budget_sweeps"]),

@@ -132,6 +132,28 @@ def headline_lines(report: dict) -> list[str]:
     return lines
 
 
+def eval_curve_table(section: dict) -> Table:
+    curve = section.get("eval_curve") or {}
+    steps = sorted({point[0] for points in curve.values() for point in points})
+    at = {key: dict((step, score) for step, score in points) for key, points in curve.items()}
+    return ["step", *curve], [[str(step), *[_num(at[key].get(step)) for key in curve]] for step in steps]
+
+
+def _cut(text, width: int = 300) -> str:
+    text = str(text)
+    return text if len(text) <= width else text[:width] + " ..."
+
+
+def samples_table(section: dict) -> Table:
+    rows = [[row["where"], str(row["mode"]), _cut(row["prompt"]), _cut(row["completion"]), _num(row["reward"])]
+            for row in section.get("samples") or []]
+    return ["where", "mode", "prompt", "completion", "reward / score"], rows
+
+
+def config_table(section: dict) -> Table:
+    return ["field", "value"], [[key, _cut(value, 200)] for key, value in (section.get("config") or {}).items()]
+
+
 def _section_parts(section: dict, index: int) -> list[tuple[str, Table | None, str | None]]:
     """(heading, table, figure name) in page order; parts without data are left out."""
     tags = section["eval_tags"]
@@ -144,6 +166,9 @@ def _section_parts(section: dict, index: int) -> list[tuple[str, Table | None, s
         ("accuracy vs thinking budget", sweep_table(section) if section["budget_sweeps"] else None, f"{index}_budget"),
         ("student vs teachers", recovery_table(section) if section.get("recovery") else None, f"{index}_recovery"),
         ("student vs specialists", student_table(section) if section.get("student_table") else None, f"{index}_student"),
+        ("held-out score over training", eval_curve_table(section) if section.get("eval_curve") else None, f"{index}_eval_curve"),
+        ("sample completions", samples_table(section) if section.get("samples") else None, None),
+        ("resolved config", config_table(section) if section.get("config") else None, None),
     ]
     return parts
 
@@ -152,7 +177,7 @@ def render_markdown(report: dict, images: dict[str, str]) -> str:
     def table(tab: Table) -> list[str]:
         header, rows = tab
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return out + ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows] + [""]
+        return out + ["| " + " | ".join(cell.replace("|", "\\|").replace("\n", "<br>") for cell in row) + " |" for row in rows] + [""]
 
     lines = [f"# posttrain report ({report['generated']})", ""]
     if report.get("pipeline"):

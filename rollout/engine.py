@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .budget import engine_budget_params, prompt_thinking_offset, split_thinking
+from .worker_ext import quiet_requested_cast
 
 CPU_BLOCK_SIZE = 32  # the smallest the CPU attention backend takes (multiples of 32)
 CPU_ENGINE_ENV = {
@@ -151,6 +152,7 @@ class RolloutEngine:
 
             extra["reasoning_config"] = ReasoningConfig(reasoning_start_str=config.think_open,
                                                         reasoning_end_str=config.think_close)
+        quiet_requested_cast(config.dtype)  # a float32 checkpoint cast to the engine's dtype: no warning per tensor
         self.llm = LLM(
             model=config.model,
             dtype=config.dtype,

@@ -12,6 +12,13 @@ from collections.abc import Iterable
 import torch
 
 RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+# Per push, vLLM also logs at INFO "Reloading weights inplace...", "Reloading and processing weights
+# took N seconds" and "Successfully reset prefix cache": routine, and the step line already has the
+# push's seconds (time/weight_sync). Dropped by message; any warning of these loggers still shows.
+ROUTINE_PUSH_INFO = {
+    "vllm.model_executor.model_loader.reload.inplace": ("Reloading weights inplace", "Reloading and processing weights took"),
+    "vllm.v1.core.block_pool": ("Successfully reset prefix cache",),
+}
 
 
 class WeightSyncExtension:
@@ -26,6 +33,8 @@ class WeightSyncExtension:
         named_tensors = list(named_tensors)
         if not getattr(self, "_reload_noise_filtered", False):
             logging.getLogger(RELOAD_LOGGER).addFilter(KnownReloadNoise(self.model_runner.model))
+            for name, prefixes in ROUTINE_PUSH_INFO.items():
+                logging.getLogger(name).addFilter(RoutineInfo(prefixes))
             self._reload_noise_filtered = True
         self.reload_weights(weights_iterator=iter(named_tensors), is_checkpoint_format=True)
         return len(named_tensors)
@@ -49,6 +58,43 @@ class WeightSyncExtension:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
+
+
+LOAD_CAST_LOGGER = "vllm.model_executor.models.utils"
+
+
+def quiet_requested_cast(dtype: str) -> None:
+    """Install ``RequestedCast`` for an engine of ``dtype``: call before ``vllm.LLM`` loads the model."""
+    logging.getLogger(LOAD_CAST_LOGGER).addFilter(RequestedCast(dtype))
+
+
+class RequestedCast(logging.Filter):
+    """Drops vLLM's per-tensor "Attempted to load weight W with dtype float32 into parameter with
+    dtype bfloat16" when the parameter's dtype is the engine's own (``model.engine_dtype``): a model
+    stored in float32 (the built-in SmolLM2, every full fine-tuning checkpoint) is cast on purpose,
+    and vLLM warned once per tensor (122 lines for SmolLM2) at every engine start. A cast into any
+    other dtype still warns. Installed in the engine's process: a multi-process engine's workers
+    (GPU, tensor parallel) are not reached."""
+
+    def __init__(self, dtype: str):
+        super().__init__()
+        self.engine_dtype = f"torch.{dtype}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Attempted to load weight %s with dtype %s") or len(record.args or ()) != 3:
+            return True
+        return str(record.args[2]) != self.engine_dtype
+
+
+class RoutineInfo(logging.Filter):
+    """Drops INFO (and lower) records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not str(record.msg).startswith(self.prefixes)
 
 
 class KnownReloadNoise(logging.Filter):

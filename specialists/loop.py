@@ -20,6 +20,7 @@ zero-variance groups (they simply get zero advantage).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import ray
@@ -69,21 +70,29 @@ class GrpoLoop:
         return self.recipe.grpo.checkpoint_every
 
     def step(self, step: int) -> dict[str, float]:
-        return grpo_step(self.recipe, self.actors, self.task, self.run, step)
+        """``eval.every``: the eval of the weights after ``step`` updates opens step ``step``
+        (the engine holds them; trackers see it at that step, as ``before`` at 0 and ``after`` at the end)."""
+        extra = {}
+        if self.recipe.eval.every and step > 0 and step % self.recipe.eval.every == 0:
+            started = time.perf_counter()
+            specialist_eval(self.recipe, self.actors, self.task, self.run, f"step_{step}", step)
+            extra["time/eval"] = time.perf_counter() - started
+        return grpo_step(self.recipe, self.actors, self.task, self.run, step) | extra
 
     def step_line(self, step: int, m: dict[str, float]) -> str:
         return (
-            f"step {step}: reward {m['reward/mean']:.3f}±{m['reward/std']:.3f} len {m['response/length_mean']:.0f} "
+            f"reward {m['reward/mean']:.3f}±{m['reward/std']:.3f} len {m['response/length_mean']:.0f} "
             f"trunc {m['response/truncated_share']:.0%} loss {m['loss/policy']:.4f} | {phase_line(m)} | "
             f"peak {m['memory/trainer_peak_gib']:.1f} GiB"
         )
 
     def evaluate(self, tag: str, before: dict | None = None) -> dict:
-        return specialist_eval(self.recipe, self.actors, self.task, self.run, tag)
+        return specialist_eval(self.recipe, self.actors, self.task, self.run, tag, 0 if tag == "before" else self.steps)
 
 
-def specialist_eval(recipe: Recipe, actors: Actors, task: Task, run: RunDir, tag: str) -> dict:
-    """The task's held-out suites in every eval mode (and the budget sweep), saved under ``tag``."""
+def specialist_eval(recipe: Recipe, actors: Actors, task: Task, run: RunDir, tag: str, step: int | None = None) -> dict:
+    """The task's held-out suites in every eval mode (and the budget sweep), saved under ``tag``;
+    with ``step``, its scalars and a few outputs also go to the trackers at that step."""
     suites = task.heldout_suites(recipe.eval.suites, recipe.eval.num_problems)
     modes = {name: eval_mode(recipe, name) for name in eval_mode_names(recipe)}
     outputs: list[dict] = []
@@ -91,6 +100,8 @@ def specialist_eval(recipe: Recipe, actors: Actors, task: Task, run: RunDir, tag
                              pass_k=recipe.eval.pass_k, temperature=recipe.eval.temperature, outputs=outputs)
     run.save_eval(tag, report)
     run.save_eval_outputs(tag, outputs)
+    if step is not None:
+        run.log_eval(step, tag, report, outputs)
     for name, suite in report.items():
         passk = {k: v for k, v in suite.items() if k.startswith("pass@")}
         log.info(
@@ -154,7 +165,29 @@ def grpo_step(recipe: Recipe, actors: Actors, task: Task, run: RunDir, step: int
     sample_modes = [mode_names[c.prompt_index] for c in completions]
     run.log_samples(step, _sample_rows(samples, scores_B + penalties_B, completions, sample_modes, cfg))
     metrics = _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg)
+    metrics["optim/lr"] = recipe.trainer.lr  # constant: the trainer has no schedule
+    warn_without_signal(step, rewards_P_G)
+    if metrics["response/truncated_share"] > cfg.truncation_warn:
+        log.warning("step %d: %.0f%% of samples hit their mode's max_tokens and were truncated; raise it or shape "
+                    "length", step, 100 * metrics["response/truncated_share"])
     return metrics | mode_metrics(sample_modes, completions, scores_B, penalties_B)
+
+
+def zero_variance_share(rewards_P_G: torch.Tensor) -> float:
+    """The share of groups whose G samples all got the same reward: zero advantage, no gradient."""
+    spread_P = rewards_P_G.max(dim=1).values - rewards_P_G.min(dim=1).values
+    return float((spread_P == 0).float().mean())
+
+
+def warn_without_signal(step: int, rewards_P_G: torch.Tensor) -> None:
+    """One warning for a step with no learning signal at all (every group zero-variance)."""
+    if zero_variance_share(rewards_P_G) == 1.0:
+        log.warning(
+            "step %d: all %d groups have zero reward variance (every sample of a prompt scored %s): "
+            "no learning signal this step; if this persists, the prompts are too easy or too hard "
+            "for the model, or the reward cannot tell samples apart",
+            step, rewards_P_G.shape[0], "the same" if rewards_P_G.unique().numel() > 1 else f"{float(rewards_P_G[0, 0]):g}",
+        )
 
 
 def _update(actors: Actors, cfg, seqs: Sequences, extras: dict, max_tokens: int) -> dict[str, float]:
@@ -181,16 +214,12 @@ def _update(actors: Actors, cfg, seqs: Sequences, extras: dict, max_tokens: int)
 def _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg) -> dict[str, float]:
     lengths = torch.tensor([len(c.token_ids) for c in rollout.completions], dtype=torch.float32)
     truncated = sum(c.truncated for c in rollout.completions) / len(rollout.completions)
-    if truncated > cfg.truncation_warn:
-        log.warning(
-            "%.0f%% of samples hit their mode's max_tokens and were truncated; raise it or shape length",
-            100 * truncated,
-        )
     metrics = {
         "reward/mean": float(rewards_P_G.mean()),  # task reward + length shaping: what advantages see
         "reward/task_mean": sum(scored.scores) / len(scored.scores),
         "reward/std": float(rewards_P_G.std()),
         "reward/solved_groups": float((rewards_P_G.max(dim=1).values > 0).float().mean()),
+        "reward/zero_variance_groups": zero_variance_share(rewards_P_G),
         "response/length_mean": float(lengths.mean()),
         "response/length_max": float(lengths.max()),
         "response/truncated_share": truncated,
@@ -201,6 +230,9 @@ def _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg) -> d
         "memory/trainer_peak_gib": ray.get(actors.trainer.peak_memory_gib.remote()),
         **{f"reward_failures/{name}": count for name, count in scored.failures.items()},
         **{f"reward_timeouts/{name}": count for name, count in scored.timeouts.items()},
+        **{f"reward_failures/{name}/{reason}": count for name, reasons in scored.reasons.items()
+           for reason, count in reasons.items()},
+        **{f"reward_raw/{name}": sum(values) / len(values) for name, values in scored.per_reward.items() if values},
         **{f"reward/{key}": sum(values) / len(values) for key, values in scored.components.items() if values},
         **rollout.metrics,
         **timer.metrics(),

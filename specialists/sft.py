@@ -131,16 +131,17 @@ class SftLoop:
         modes = {e.mode for e in examples}
         return {
             "loss/nll": update["loss"], "loss/grad_norm": update["grad_norm"], "sft/tokens": float(tokens),
+            "optim/lr": self.recipe.trainer.lr,  # the stage's (sft.lr or trainer.lr); constant: no schedule
             "sft/completion_length_mean": sum(lengths) / len(lengths), "sft/completion_length_max": float(max(lengths)),
             **{f"mode/{m}/examples": float(sum(e.mode == m for e in examples)) for m in sorted(modes)},
             **timer.metrics(),
         }
 
     def step_line(self, step: int, m: dict[str, float]) -> str:
-        return (f"sft step {step}: nll {m['loss/nll']:.4f} grad {m['loss/grad_norm']:.2f} "
+        return (f"nll {m['loss/nll']:.4f} grad {m['loss/grad_norm']:.2f} "
                 f"len {m['sft/completion_length_mean']:.0f} | {phase_line(m)}")
 
     def evaluate(self, tag: str, before: dict | None = None) -> dict:
         if tag != "before":  # the engine serves evals only: give it the trained weights first
             self.actors.sync_weights(self.recipe.model.engine_dtype)
-        return specialist_eval(self.recipe, self.actors, self.task, self.run, tag)
+        return specialist_eval(self.recipe, self.actors, self.task, self.run, tag, 0 if tag == "before" else self.steps)

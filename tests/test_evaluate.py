@@ -140,3 +140,25 @@ def test_result_table_has_a_row_per_suite_and_mode():
     entry = {"problems": 4, "accuracy": 0.5, "pass@2": 0.75, "mean_thinking_tokens": 3.0, "mean_answer_tokens": 9.0}
     lines = result_table({f"{SLICE}/default": entry})
     assert len(lines) == 2 and "0.500" in lines[1] and "0.750" in lines[1]
+
+
+def test_a_run_directory_is_evaluated_under_the_run_own_recipe(tmp_path):
+    import yaml
+
+    from posttrain.evaluate import own_recipe
+    from posttrain.recipe import load_recipe
+
+    resolved = load_recipe(str(RECIPES / "math_modes.yaml"), ["model.path=tiny-random"]).model_dump(mode="json")
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_2").mkdir(parents=True)
+    (run / "checkpoints" / "step_2" / "trainer_state.pt").write_bytes(b"")
+    (run / "checkpoints" / "step_2" / "adapter_config.json").write_text('{"base_model_name_or_path": "tiny-random"}')
+    (run / "recipe.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))  # what RunDir.save_recipe writes
+    assert own_recipe(str(run)) == own_recipe(str(run / "checkpoints" / "step_2")) == run / "recipe.yaml"
+    assert own_recipe(str(tmp_path)) is None
+    recipe, groups = plan(_args(str(run)), find_checkpoint(str(run)))
+    assert set(recipe.modes) == {"non_think", "high"} and recipe.eval.budget_sweep == [4, 16, 32, 48, 96]
+    ((cfg, suites),) = groups  # the run's own task and its suites, with no --suites and no --recipe
+    assert cfg["sources"][0]["max_operand"] == 15 and suites == [SLICE]
+    other = plan(_args(str(run), "--recipe", str(RECIPES / "math_modes.yaml"), "--set", "eval.budget_sweep=[8]"), "tiny-random")[0]
+    assert other.eval.budget_sweep == [8]

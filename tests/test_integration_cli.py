@@ -25,6 +25,7 @@ def test_posttrain_run_writes_a_complete_run_directory(tmp_path, ray_local, tiny
         "grpo.minibatches=2",
         "eval.num_problems=4",
         "eval.pass_k=2",
+        "eval.every=1",
         "engine.kv_cache_gib=0.25",
     ]
     assert main(["run", str(QUICKSTART), *overrides]) == 0
@@ -44,6 +45,12 @@ def test_posttrain_run_writes_a_complete_run_directory(tmp_path, ray_local, tiny
         assert suite["problems"] == 4 and 0 <= suite["accuracy"] <= 1 and "pass@2" in suite
     for step in (1, 2):
         assert (run / "checkpoints" / f"step_{step}" / "adapter_model.safetensors").exists()  # quickstart is LoRA
+    assert {"reward/zero_variance_groups", "optim/lr", "reward_raw/math_verify"} <= set(rows[0])
+    assert (run / "eval" / "step_1.json").exists() and "time/eval" in rows[1]  # eval.every=1; step 2's is "after"
+    section = json.loads((run / "report.json").read_text())["sections"][0]
+    assert [step for step, _ in next(iter(section["eval_curve"].values()))] == [0, 1, 2]
+    assert main(["export", str(run), "--out", str(tmp_path / "exported")]) == 0
+    assert (tmp_path / "exported" / "config.json").exists() and (tmp_path / "exported" / "chat_template.jinja").exists()
 
 
 def test_malformed_recipe_fails_before_any_work(tmp_path, capsys):

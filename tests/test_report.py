@@ -130,3 +130,41 @@ def test_several_run_directories_and_a_missing_one(rundirs, tmp_path, capsys):
     assert len(json.loads((out / "report.json").read_text())["sections"]) == 2
     assert cli_main(["report", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_intermediate_evals_samples_config_and_a_torn_last_metrics_line(rundirs):
+    run = rundirs / "grpo_modes"
+    middle = json.loads((run / "eval" / "before.json").read_text())
+    for entry in middle.values():
+        entry["accuracy"] = 0.5
+    (run / "eval" / "step_2.json").write_text(json.dumps(middle))  # eval.every: 2
+    outputs = [{"suite": "s", "mode": m, "question": f"q{i}", "output": f"a|{i}\nline", "score": 1.0}
+               for m in ("non_think", "high") for i in range(3)]
+    (run / "eval" / "after_outputs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in outputs))
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 4, "reward/me')  # a run killed mid-write
+    assert cli_main(["report", str(run)]) == 0
+    (section,) = json.loads((run / "report.json").read_text())["sections"]
+    assert section["eval_tags"] == ["before", "after"] and section["train"]["steps"] == 4  # step_2 is no column; torn row dropped
+    curve = section["eval_curve"]["arithmetic(max=15,ops=+-,terms=2)/high"]
+    assert [step for step, _ in curve] == [0, 2, 4] and curve[1][1] == 0.5
+    wheres = [row["where"] for row in section["samples"]]
+    assert wheres[0] == "train step 0" and wheres.count("eval after: s") == 4  # two per suite/mode
+    assert section["config"]["grpo.steps"] == 4
+    page = (run / "report.html").read_text()
+    assert len(_images(page)) == 5  # + the held-out score over training
+    for heading in ("held-out score over training", "sample completions", "resolved config"):
+        assert heading in page
+    markdown = (run / "report.md").read_text()
+    assert "a\\|0<br>line" in markdown and "| grpo.steps | 4 |" in markdown
+
+
+def test_learning_curves_name_the_metrics_the_loops_log():
+    from posttrain.report_plots import _matching
+
+    row = {"step": 0, "reward/mean": 1, "reward/std": 0, "reward/math_verify/format": 1, "reward_raw/math_verify": 1,
+           "mode/high/reward": 1, "mode/high/truncated_share": 0, "distill/kl/add/high": 1}
+    assert _matching([row], ("reward_raw/*", "reward/*/*")) == ["reward_raw/math_verify", "reward/math_verify/format"]
+    assert _matching([row], ("mode/*/reward",)) == ["mode/high/reward"]
+    assert _matching([row], ("distill/kl/*",)) == [], "one segment per star"
+    assert _matching([row], ("distill/kl/**",)) == ["distill/kl/add/high"]

@@ -1,7 +1,9 @@
-"""A checkpoint as the engine needs it: a full model directory.
+"""A checkpoint as the engine (and ``posttrain export``) needs it: a full model directory.
 
 ``PolicyTrainer.save`` writes either full safetensors (with ``config.json``) or a peft
-adapter (``adapter_config.json`` + ``adapter_model.safetensors``). vLLM loads full
+adapter (``adapter_config.json`` + ``adapter_model.safetensors``). ``CheckpointWeights``
+says what a checkpoint holds, however stored (``saved_checkpoint`` reads that layout;
+another storage, e.g. sharded, needs only another constructor). vLLM loads full
 models only, so an adapter is merged into its base in a temporary directory that
 lives as long as the ``with`` block.
 """
@@ -9,12 +11,20 @@ lives as long as the ``with`` block.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 from .models import resolve_model
+
+log = logging.getLogger("posttrain.checkpoints")
 
 
 def adapter_base(path: Path, base: str | None = None) -> str:
@@ -29,18 +39,80 @@ def adapter_base(path: Path, base: str | None = None) -> str:
     return resolved
 
 
+@dataclass
+class CheckpointWeights:
+    """A checkpoint's weights, however stored: ``load()`` returns them as one state dict.
+
+    ``adapter`` is the peft LoRA config (``adapter_config.json`` as a dict) when the state dict
+    holds LoRA tensors (peft names) over ``base``; None when it holds full HF-named weights of a
+    model shaped like ``base``.
+    """
+
+    origin: str  # what the user named, for messages and the provenance file
+    base: str  # HF model directory: the config, and the base weights of an adapter
+    tokenizer: str  # directory with the tokenizer and its chat template
+    adapter: dict | None
+    load: Callable[[], dict[str, torch.Tensor]]
+
+
+def saved_checkpoint(path: str | Path, base: str | None = None) -> CheckpointWeights:
+    """The weights of a directory ``PolicyTrainer.save`` wrote: a peft adapter, or full safetensors."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if (path / "adapter_config.json").exists():
+        base_dir = adapter_base(path, base)
+        adapter = json.loads((path / "adapter_config.json").read_text())
+        load = lambda: load_file(path / "adapter_model.safetensors")  # noqa: E731
+    elif (path / "config.json").exists():
+        base_dir, adapter = str(path), None
+        load = lambda: {k: v for shard in sorted(path.glob("*.safetensors")) for k, v in load_file(shard).items()}  # noqa: E731
+    else:
+        raise FileNotFoundError(f"{str(path)!r} holds neither a LoRA adapter (adapter_config.json) nor a model (config.json)")
+    tokenizer = str(path) if (path / "tokenizer_config.json").exists() else base_dir
+    return CheckpointWeights(str(path), base_dir, tokenizer, adapter, load)
+
+
+def merged_model(weights: CheckpointWeights, dtype: str):
+    """The full model: base + LoRA deltas merged in float32 (or the full weights), cast once to ``dtype``."""
+    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(weights.base, dtype=torch.float32)
+    if weights.adapter is not None:
+        peft_model = get_peft_model(model, PeftConfig.from_peft_type(**{**weights.adapter, "inference_mode": True}))
+        result = set_peft_model_state_dict(peft_model, weights.load())
+        if result.unexpected_keys:
+            raise ValueError(f"{weights.origin}: adapter tensors the model does not have: {result.unexpected_keys[:3]}")
+        model = peft_model.merge_and_unload()
+    else:
+        missing, unexpected = model.load_state_dict(weights.load(), strict=False)
+        tied = getattr(model.config, "tie_word_embeddings", False)
+        missing = [name for name in missing if not (tied and name.startswith("lm_head."))]
+        if missing or unexpected:
+            raise ValueError(f"{weights.origin} does not match {weights.base}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model.to(getattr(torch, dtype))
+
+
+def write_model_dir(weights: CheckpointWeights, out: Path, dtype: str) -> None:
+    """A plain HF directory: config, safetensors, generation config, tokenizer + chat template."""
+    model = merged_model(weights, dtype)
+    model.save_pretrained(out)
+    save_tokenizer(weights, out)
+
+
+def save_tokenizer(weights: CheckpointWeights, out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(weights.tokenizer)
+    if not tokenizer.chat_template:
+        log.warning("%s: the tokenizer has no chat template; tools that format chats will need one", weights.tokenizer)
+    tokenizer.save_pretrained(out)
+
+
 def merge_adapter(path: Path, target: Path, base: str | None = None) -> Path:
     """Write base + LoRA deltas (merged in float32) and a tokenizer to ``target``, a plain HF directory."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base_dir = adapter_base(path, base)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-    merged.save_pretrained(target)
-    has_tokenizer = (path / "tokenizer_config.json").exists()
-    AutoTokenizer.from_pretrained(path if has_tokenizer else base_dir).save_pretrained(target)
+    write_model_dir(saved_checkpoint(path, base), target, "float32")
     return target
 
 

@@ -12,6 +12,7 @@ A finished run re-run does no training and reuses its saved evals.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import ray
@@ -47,16 +48,31 @@ def run_steps(
     checkpoint_every: int,
     save: Callable[[int], str],
 ) -> None:
-    """Steps ``start .. total-1``: each logged (metrics.jsonl, TensorBoard, a log line), checkpointed on schedule."""
+    """Steps ``start .. total-1``: each logged (metrics.jsonl, TensorBoard, a log line), checkpointed on schedule.
+
+    The log line reads ``GRPO step i/N (eta 3m20s): <the loop's step line>``, ``i`` the steps done.
+    """
+    began = time.perf_counter()
     with Progress() as progress:
         bar = progress.add_task(title, total=total, completed=start)
         for step in range(start, total):
             metrics = step_fn(step)
             run.log_metrics(step, metrics)
-            log.info(step_line(step, metrics))
+            eta = (time.perf_counter() - began) / (step + 1 - start) * (total - step - 1)
+            log.info("%s step %d/%d (eta %s): %s", title, step + 1, total, format_duration(eta), step_line(step, metrics))
             if checkpoint_every and (step + 1) % checkpoint_every == 0:
                 save(step + 1)
             progress.advance(bar)
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``3m20s``, ``2h05m``: an ETA for a log line."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def final_checkpoint(run: RunDir, total: int, save: Callable[[int], str]) -> str:

@@ -5,7 +5,8 @@ Layout::
     runs/<name>/
       recipe.yaml          the resolved recipe (after overrides), as run
       metrics.jsonl        one JSON object per logged step
-      tb/                  TensorBoard event files (W&B / MLflow too when ``run.trackers`` names them)
+      tb/                  TensorBoard event files (W&B / MLflow too when ``run.trackers`` names them):
+                           step metrics, eval scalars at their step, sample and eval outputs as tables
       trackers.json        the W&B / MLflow run ids, so a resumed run continues the same tracker run
       samples.jsonl        sampled completions with their rewards
       eval/<tag>.json      held-out eval results
@@ -29,6 +30,7 @@ from .trackers import make_sinks
 
 log = logging.getLogger("posttrain")
 LOGS = ("metrics.jsonl", "samples.jsonl")  # appended per step; a resume rewinds both
+EVAL_TABLE_ROWS = 8  # eval outputs sent to the trackers per eval
 
 
 class DamagedLog(ValueError):
@@ -85,6 +87,21 @@ class RunDir:
         with open(self.path / "samples.jsonl", "a") as handle:
             for row in rows:
                 handle.write(json.dumps({"step": step, **row}) + "\n")
+        self._log_table(step, "samples", ("mode", "reward", "prompt", "completion"), rows)
+
+    def log_eval(self, step: int, tag: str, report: dict[str, dict], outputs: list[dict] = ()) -> None:
+        """An eval's scalars (``eval/<suite>/<mode>/<metric>``) and its first outputs to the trackers at
+        ``step``; not to ``metrics.jsonl`` (``eval/<tag>.json`` is the record)."""
+        scalars = {f"eval/{key}/{name}": float(value) for key, entry in report.items() for name, value in entry.items()
+                   if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)}
+        for sink in self._metric_sinks():
+            sink.log(step, scalars)
+        self._log_table(step, f"eval/{tag}", ("suite", "mode", "score", "question", "output"), list(outputs)[:EVAL_TABLE_ROWS])
+
+    def _log_table(self, step: int, tag: str, columns: tuple[str, ...], rows: list[dict]) -> None:
+        for sink in self._metric_sinks():
+            if rows and hasattr(sink, "log_table"):  # optional for a sink; the built-in ones have it
+                sink.log_table(step, tag, columns, rows)
 
     def save_eval(self, tag: str, result: dict) -> Path:
         target = self.path / "eval" / f"{tag}.json"

@@ -233,6 +233,7 @@ class GrpoConfig(Strict):
 class EvalConfig(Strict):
     before: bool = Field(True, description="evaluate before training")
     after: bool = Field(True, description="evaluate after training")
+    every: int = Field(0, ge=0, le=MAX_COUNT, description="GRPO: also evaluate every N steps (eval/step_N.json, logged as eval/<suite>/<mode>/<metric> at step N, drawn as a curve by the report); 0: before and after only")
     suites: list[str] | None = Field(None, description="held-out suites by name (e.g. humaneval, ifbench, bfcl_simple, gsm8k); default: the domain's own")
     num_problems: int = Field(100, gt=0, le=MAX_COUNT, description="per source")
     pass_k: int = Field(4, ge=1, le=1024, description="samples per problem for pass@k (1 disables)")

@@ -23,7 +23,8 @@ from pathlib import Path
 from posttrain.plugins import NotFound, Registry
 
 # A tracker is a factory ``(path, run_cfg, recipe_dump, purge_step) -> sink`` with ``log(step, metrics)``
-# and ``close()``; ``@tracker("name")`` registers one, ``module:factory`` names one without registering.
+# and ``close()``, and optionally ``log_table(step, tag, columns, rows)`` (sample completions, eval outputs);
+# ``@tracker("name")`` registers one, ``module:factory`` names one without registering.
 TRACKERS: Registry = Registry("tracker", entry_point_group="posttrain.trackers")
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 _INSTALL = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow-skinny (or mlflow)"}
@@ -60,6 +61,11 @@ class TensorBoardSink:
             self.writer.add_scalar(key, value, step)
         self.writer.flush()
 
+    def log_table(self, step: int, tag: str, columns: tuple[str, ...], rows: list[dict]) -> None:
+        """Sample completions, eval outputs: a Markdown table in TensorBoard's Text tab."""
+        self.writer.add_text(tag, markdown_rows(rows, columns), step)
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -86,6 +92,12 @@ class WandbSink:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log(metrics, step=step)
+
+    def log_table(self, step: int, tag: str, columns: tuple[str, ...], rows: list[dict]) -> None:
+        import wandb
+
+        data = [[_cell(row.get(column, "")) for column in columns] for row in rows]
+        self.run.log({tag: wandb.Table(columns=list(columns), data=data)}, step=step)
 
     def close(self) -> None:
         self.run.finish()
@@ -132,8 +144,32 @@ class MlflowSink:
         batch = [Metric(_mlflow_key(key), value, 0, step) for key, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    def log_table(self, step: int, tag: str, columns: tuple[str, ...], rows: list[dict]) -> None:
+        """An artifact ``<tag>/step_<N>.json`` (MLflow's table format, shown in its Evaluation view)."""
+        data = {column: [_cell(row.get(column, "")) for row in rows] for column in columns}
+        self.client.log_table(self.run_id, data=data, artifact_file=f"{tag}/step_{step}.json")
+
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
+
+
+def markdown_rows(rows: list[dict], columns: tuple[str, ...], width: int = 400) -> str:
+    """A Markdown table of ``rows`` (cells cut to ``width`` characters), for a tracker's text panel."""
+    if not rows:
+        return ""
+
+    def cell(value) -> str:
+        text = f"{value:.3f}" if isinstance(value, float) else str(value)
+        text = text if len(text) <= width else text[:width] + "..."
+        return text.replace("|", "\\|").replace("\n", "<br>")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows])
+
+
+def _cell(value):
+    """A table cell for W&B / MLflow: numbers as numbers, everything else as text."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def _mlflow_key(key: str) -> str:
