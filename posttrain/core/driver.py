@@ -24,7 +24,8 @@ from transformers import AutoTokenizer
 
 from rollout.engine import EngineConfig, engine_actor
 
-from .policy import trainer_actor
+from .group import start_trainer
+from .placement import check_cluster
 from .resume import eval_once, final_checkpoint, resume_point, run_steps
 from .rundir import RunDir
 from .schema import Recipe
@@ -69,8 +70,10 @@ def start_engine(recipe: Recipe, model_path: str):
 
 
 def start_actors(recipe: Recipe, model_path: str) -> Actors:
+    """The engine and the trainer (one actor, or rank 0 of a group of ``trainer.world_size``), ready."""
+    check_cluster(recipe, [node["Resources"] for node in ray.nodes() if node.get("Alive")])
     engine = engine_actor(engine_config(recipe, model_path), num_cpus=recipe.engine.num_cpus, num_gpus=recipe.engine.num_gpus)
-    trainer = trainer_actor(model_path, recipe.trainer, seed=recipe.run.seed)
+    trainer = start_trainer(model_path, recipe.trainer, seed=recipe.run.seed)
     ray.get([engine.ready.remote(), trainer.peak_memory_gib.remote()])
     return Actors(engine, trainer, AutoTokenizer.from_pretrained(model_path))
 

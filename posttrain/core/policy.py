@@ -24,6 +24,7 @@ import torch
 import torch.utils.checkpoint
 
 from .logits import LogitsPath, check_logits_path, logits_path
+from .sharded_checkpoint import is_sharded, load_sharded
 
 
 @dataclass
@@ -181,13 +182,17 @@ class PolicyTrainer:
             for param in model.parameters():
                 if param.requires_grad:
                     param.data = param.data.float()
-        self.model = model
+        self.model = self._shard(model)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=trainer_cfg.lr, weight_decay=trainer_cfg.weight_decay, betas=tuple(trainer_cfg.betas)
         )
         self.steps = 0
         self.installed = Installed()
+
+    def _shard(self, model):
+        """Where a trainer group shards the model before the optimizer sees it (``core/group.py``); whole here."""
+        return model
 
     @staticmethod
     def _wrap_lora(model, lora_cfg):
@@ -270,8 +275,7 @@ class PolicyTrainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         totals = self._accumulate(seqs, loss_fn, extras, backward=True)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm))
+        totals["grad_norm"] = self._clip_gradients()
         self.optimizer.step()
         self.steps += 1
         totals["update_seconds"] = time.perf_counter() - start
@@ -283,18 +287,32 @@ class PolicyTrainer:
         self.model.eval()
         return self._accumulate(seqs, loss_fn, extras, backward=False)
 
+    def _clip_gradients(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm))
+
+    def _micro_batches(self, seqs: Sequences):
+        """``(indices, weight)`` per forward pass this process runs; a trainer group's ranks split them
+        and run zero-weight passes to stay in step (``core/group.py``)."""
+        for indices in length_sorted_chunks(seqs, self.cfg.micro_batch_size):
+            yield indices, 1.0
+
+    def _reduce_metrics(self, totals: dict[str, float]) -> dict[str, float]:
+        """Metrics of the whole batch from this process's share (all of it here)."""
+        return totals
+
     def _accumulate(self, seqs: Sequences, loss_fn: Callable, extras: dict, backward: bool) -> dict[str, float]:
         totals: dict[str, float] = {"loss": 0.0}
-        for indices in length_sorted_chunks(seqs, self.cfg.micro_batch_size):
+        for indices, weight in self._micro_batches(seqs):
             sub = seqs.select(indices)
             micro_extras = {key: [values[i] for i in indices] for key, values in extras.items()}
             loss, metrics = loss_fn(self.student(sub), micro_extras, self.installed)
             if backward:
-                loss.backward()
-            totals["loss"] += float(loss.detach())
-            for key, value in metrics.items():  # sums, but a `*_max` metric is a max
-                totals[key] = max(totals.get(key, value), value) if key.endswith("_max") else totals.get(key, 0.0) + value
-        return totals
+                (loss if weight == 1.0 else loss * weight).backward()
+            if weight:
+                totals["loss"] += float(loss.detach())
+                merge_metrics(totals, metrics)
+        return self._reduce_metrics(totals)
 
     def install(self, item) -> None:
         """Install a frozen input a loss reads every step (e.g. ``TeacherHeads``), sent once; by its class."""
@@ -332,6 +350,9 @@ class PolicyTrainer:
         from safetensors.torch import load_file
 
         path = Path(directory)
+        if is_sharded(path):  # a trainer group's checkpoint, resharded onto this one process
+            load_sharded(self.model, self.optimizer, path)
+            return self._restore_state(torch.load(path / "trainer_state.pt", weights_only=False))
         if hasattr(self.model, "peft_config"):
             from peft import set_peft_model_state_dict
 
@@ -346,6 +367,9 @@ class PolicyTrainer:
                 raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
         saved = torch.load(path / "trainer_state.pt", weights_only=False)
         self.optimizer.load_state_dict(saved["optimizer"])
+        return self._restore_state(saved)
+
+    def _restore_state(self, saved: dict) -> int:
         self.steps = saved["steps"]
         if "torch_rng" in saved:
             torch.set_rng_state(saved["torch_rng"])
@@ -395,6 +419,13 @@ def _lora_deltas(model) -> dict[str, torch.Tensor]:
                 module.get_delta_weight(adapter) for adapter in module.active_adapters if adapter in module.lora_A
             )
     return deltas
+
+
+def merge_metrics(totals: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:
+    """Add ``metrics`` into ``totals``: sums, but a ``*_max`` metric is a max."""
+    for key, value in metrics.items():
+        totals[key] = max(totals.get(key, value), value) if key.endswith("_max") else totals.get(key, 0.0) + value
+    return totals
 
 
 def pack_sequences(seqs: Sequences, pad_id: int, device: torch.device):

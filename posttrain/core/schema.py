@@ -119,8 +119,9 @@ class TrainerConfig(Strict):
         1024, ge=0, le=MAX_CONTEXT, description="tokens whose [tokens, vocab] logits live at once when computing log-probs "
         "(recomputed in backward); 0 = the whole micro-batch at once (faster, B*T*V floats of memory)"
     )
-    num_cpus: float = Field(1, ge=0, description="Ray logical CPUs reserved for the trainer actor")
-    num_gpus: float = Field(0, ge=0, description="Ray GPUs reserved for the trainer actor")
+    num_cpus: float = Field(1, ge=0, description="Ray logical CPUs reserved for the trainer actor (per rank)")
+    num_gpus: float = Field(0, ge=0, description="Ray GPUs reserved for the trainer actor (per rank: 0 or 1 with world_size > 1)")
+    world_size: int = Field(1, ge=1, le=4096, description="trainer ranks: >1 shards the model with FSDP2 over that many Ray actors (gloo on CPU, NCCL on GPUs), the batch split over them")
 
 
 class SourceConfig(BaseModel):
