@@ -145,3 +145,13 @@ def test_a_two_rank_checkpoint_resumes_on_two_and_on_one_with_the_same_next_step
     single = PolicyTrainer(tiny_model_path, _cfg(1), seed=0, threads=1)
     assert single.load(checkpoint) == 1
     _same_metrics(single.update(SEQS, _grpo_loss(), GRPO_EXTRAS), sharded["grpo_next"])
+
+
+def test_a_sharded_checkpoint_reads_back_as_one_plain_state_dict(two_ranks):
+    """What an export to a plain HF directory reads (``sharded_checkpoint.dcp_state_dict``), no process group."""
+    from posttrain.core.sharded_checkpoint import dcp_state_dict
+
+    sharded, checkpoint = two_ranks
+    state = dcp_state_dict(checkpoint)
+    for name, tensor in sharded["grpo_weights"].items():  # the weights right after the step saved
+        torch.testing.assert_close(state[name], tensor, atol=0, rtol=0, msg=name)

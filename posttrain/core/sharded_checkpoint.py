@@ -53,10 +53,13 @@ def dcp_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     """The model weights of a sharded checkpoint as one plain ``{name: tensor}`` (on CPU, no process group).
 
     Names are the trainer's: ``model.layers.0...`` for full fine-tuning, peft's
-    ``base_model.model...lora_A.default.weight`` for an adapter. Memory: the whole model, once.
+    ``base_model.model...lora_A.default.weight`` for an adapter. Memory: the whole model (DCP's ``dcp_to_torch_save`` through a temporary file).
     """
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    import tempfile
 
-    state: dict = {}
-    dcp.load(state, checkpoint_id=str(Path(checkpoint) / SHARDS), planner=_EmptyStateDictLoadPlanner(keys={"model"}))
-    return dict(state["model"])
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory(prefix="posttrain-dcp-") as scratch:
+        whole = Path(scratch) / "whole.pt"
+        dcp_to_torch_save(str(Path(checkpoint) / SHARDS), str(whole))
+        return dict(torch.load(whole, weights_only=True, mmap=False)["model"])
