@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 import torch
 
+from .weight_buckets import BucketRef, bucket_tensors
+
 RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 
@@ -37,6 +39,11 @@ class WeightSyncExtension:
 
         return self.load_pushed_weights(load_file(path).items())
 
+    def load_weight_bucket(self, ref: BucketRef) -> int:
+        # One bucket of a streamed sync (rollout/weight_buckets.py): its tensors are views of the
+        # sender's shared file, loaded in place; a bucket holds whole layers, so each layer is
+        # re-processed (CPU repacking) as soon as its bucket is in, and the others keep theirs.
+        return self.load_pushed_weights(bucket_tensors(ref))
 
     def reseed_sampler(self, seed: int) -> None:
         # Unseeded requests draw their sampling noise from the worker's global torch

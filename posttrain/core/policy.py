@@ -24,6 +24,7 @@ import torch
 import torch.utils.checkpoint
 
 from .logits import LogitsPath, check_logits_path, logits_path
+from .weights import WeightSender, causal_lm, engine_tensors
 
 
 @dataclass
@@ -108,11 +109,6 @@ class Installed:
         return self._by_type[cls]
 
 
-def causal_lm(model):
-    """The transformers causal LM inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def chunked_target_logprobs(
     hidden_B_T_H: torch.Tensor,
     head_V_H: torch.Tensor,
@@ -188,6 +184,7 @@ class PolicyTrainer:
         )
         self.steps = 0
         self.installed = Installed()
+        self._sender: WeightSender | None = None  # made on the first streamed weight sync
 
     @staticmethod
     def _wrap_lora(model, lora_cfg):
@@ -306,6 +303,18 @@ class PolicyTrainer:
         """HF-named full weights for the engine; LoRA deltas merged in (the model is not mutated)."""
         return engine_state_dict(self.model, dtype)
 
+    def weight_buckets(self, dtype: str = "bfloat16", full: bool = False):
+        """The engine's tensors written bucket by bucket into this trainer's shared file; yields each
+        ``BucketRef`` once written (a Ray streaming generator: the engine loads one while the next is
+        written). With LoRA only the blocks holding an adapter, unless ``full``."""
+        if self._sender is None or self._sender.dtype != dtype:
+            self._sender = WeightSender(self.model, dtype, int(self.cfg.weight_bucket_mb * 2**20))
+        changed_only = hasattr(self.model, "peft_config") and not full
+        yield from self._sender.buckets(self.model, changed_only)
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     def save(self, directory: str, tokenizer_from: str | None = None) -> str:
         """Save the model (safetensors, or the peft adapter), optimizer and RNG state.
 
@@ -355,46 +364,14 @@ class PolicyTrainer:
         return peak_memory_gib()
 
 
-@torch.no_grad()
 def engine_state_dict(model, dtype: str = "bfloat16") -> dict[str, torch.Tensor]:
-    """HF-named full weights of a causal LM or peft model, active LoRA deltas merged in.
+    """HF-named full weights of a causal LM or peft model, active LoRA deltas merged in, as one dict in ``dtype``.
 
-    The model is not mutated. A tied ``lm_head`` is left out: the engine ties it too.
+    The model is not mutated; a tied ``lm_head`` is left out (the engine ties it too). A weight sync
+    streams the same tensors in buckets instead (``weights.WeightSender``).
     """
     target = getattr(torch, dtype)
-    model_lm = causal_lm(model)
-    tied = bool(getattr(model_lm.config, "tie_word_embeddings", False))
-    deltas = _lora_deltas(model)
-    weights = {}
-    for name, param in model_lm.named_parameters():
-        if "lora_" in name:
-            continue
-        clean = name.replace(".base_layer.", ".")
-        if tied and clean == "lm_head.weight":
-            continue
-        module_name = clean.rsplit(".", 1)[0]
-        if module_name in deltas and clean.endswith("weight"):
-            value = param.float() + deltas[module_name].float()
-        else:
-            value = param
-        weights[clean] = value.detach().to("cpu", target).contiguous()
-    return weights
-
-
-def _lora_deltas(model) -> dict[str, torch.Tensor]:
-    """``{module name (HF naming): B @ A * scale}`` for every LoRA layer of a peft model."""
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:
-        return {}
-    deltas = {}
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer):
-            clean = name.removeprefix("base_model.model.")
-            deltas[clean] = sum(
-                module.get_delta_weight(adapter) for adapter in module.active_adapters if adapter in module.lora_A
-            )
-    return deltas
+    return {name: tensor.detach().to("cpu", target).contiguous() for name, tensor in engine_tensors(model)}
 
 
 def pack_sequences(seqs: Sequences, pad_id: int, device: torch.device):
