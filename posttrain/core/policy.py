@@ -24,6 +24,7 @@ import torch
 import torch.utils.checkpoint
 
 from .logits import LogitsPath, check_logits_path, logits_path
+from .packing import TokenLayout, packed_layout, padded_layout, supports_packing
 from .weights import WeightSender, causal_lm, engine_tensors
 
 
@@ -85,10 +86,13 @@ class Student:
         (``self.path``: the model's logit post-processing and the sampling temperature), computed once."""
         if self._logprobs_B_T is None:
             states = self.states
+            trained_B_T = states.mask_B_T > 0  # the head runs on these tokens only, never on padding
             with self._autocast():
-                logprobs_B_T = chunked_target_logprobs(
-                    states.hidden_B_T_H, states.head_V_H, states.targets_B_T, self._chunk_tokens, self.path
+                logprobs_1_N = chunked_target_logprobs(
+                    states.hidden_B_T_H[trained_B_T].unsqueeze(0), states.head_V_H,
+                    states.targets_B_T[trained_B_T].unsqueeze(0), self._chunk_tokens, self.path,
                 )
+            logprobs_B_T = torch.zeros_like(states.mask_B_T).masked_scatter(trained_B_T, logprobs_1_N[0])
             self._logprobs_B_T = logprobs_B_T * states.mask_B_T
         return self._logprobs_B_T
 
@@ -179,8 +183,10 @@ class PolicyTrainer:
                     param.data = param.data.float()
         self.model = model
         params = [p for p in model.parameters() if p.requires_grad]
+        # fused: one kernel over every tensor (CPU and CUDA); the per-tensor loop was ~1/10 of a CPU update
         self.optimizer = torch.optim.AdamW(
-            params, lr=trainer_cfg.lr, weight_decay=trainer_cfg.weight_decay, betas=tuple(trainer_cfg.betas)
+            params, lr=trainer_cfg.lr, weight_decay=trainer_cfg.weight_decay, betas=tuple(trainer_cfg.betas),
+            fused=self.device.type in ("cpu", "cuda"),
         )
         self.steps = 0
         self.installed = Installed()
@@ -206,17 +212,24 @@ class PolicyTrainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def completion_states(self, seqs: Sequences, model=None) -> CompletionStates:
-        """Last hidden states at the positions that predict each completion token (autocast dtype)."""
+        """Last hidden states at the positions that predict each completion token (autocast dtype).
+
+        Sequences are packed end to end (``trainer.packing``, where the attention takes it), else padded.
+        """
         model_lm = causal_lm(model or self.model)
-        input_ids_B_L, attention_B_L, positions_B_T, targets_B_T, mask_B_T = self._pack(seqs)
+        layout = self._layout(seqs, model_lm.config)
         with self._autocast():
-            hidden_B_L_H = model_lm.get_decoder()(
-                input_ids=input_ids_B_L, attention_mask=attention_B_L
+            hidden_R_L_H = model_lm.get_decoder()(
+                input_ids=layout.input_ids_R_L, attention_mask=layout.attention_R_L, position_ids=layout.position_ids_R_L,
+                use_cache=False,  # a KV cache is useless here, and its presence hides packed rows from the mask
             ).last_hidden_state
-        hidden_B_T_H = torch.gather(
-            hidden_B_L_H, 1, positions_B_T.unsqueeze(-1).expand(-1, -1, hidden_B_L_H.shape[-1])
-        )
-        return CompletionStates(hidden_B_T_H, model_lm.get_output_embeddings().weight, targets_B_T, mask_B_T)
+        hidden_B_T_H = layout.hidden_B_T_H(hidden_R_L_H)
+        return CompletionStates(hidden_B_T_H, model_lm.get_output_embeddings().weight, layout.targets_B_T, layout.mask_B_T)
+
+    def _layout(self, seqs: Sequences, config) -> TokenLayout:
+        if self.cfg.packing and supports_packing(config):
+            return packed_layout(seqs, self.pad_id, self.device)
+        return padded_layout(seqs, self.pad_id, self.device)
 
     def student(self, seqs: Sequences, model=None) -> Student:
         """``model`` (default: the one being trained) at the completion positions of ``seqs``."""

@@ -116,11 +116,13 @@ class TrainerConfig(Strict):
     autocast: Literal["bfloat16", "none"] = Field("bfloat16", description="compute dtype of forward/backward; master weights stay float32")
     lora: LoraConfig | None = Field(None, description="train a LoRA adapter over the frozen float32 base (the checkpoint users merge it onto) instead of every weight")
     logprob_chunk_tokens: int = Field(
-        1024, ge=0, le=MAX_CONTEXT, description="tokens whose [tokens, vocab] logits live at once when computing log-probs "
-        "(recomputed in backward); 0 = the whole micro-batch at once (faster, B*T*V floats of memory)"
+        1024, ge=0, le=MAX_CONTEXT, description="trained tokens whose [tokens, vocab] logits live at once when computing log-probs "
+        "(each chunk recomputed in backward); a micro-batch with no more trained tokens than this runs the head "
+        "in one piece, no recompute; 0 = always in one piece (faster, tokens*V floats of memory)"
     )
     num_cpus: float = Field(1, ge=0, description="Ray logical CPUs reserved for the trainer actor")
     num_gpus: float = Field(0, ge=0, description="Ray GPUs reserved for the trainer actor")
+    packing: bool = Field(True, description="pack a micro-batch's sequences end to end (position ids restart per sequence, no padding) where the model's attention takes it (sdpa, eager, flex, flash); false: right-padded rows")
     weight_bucket_mb: float = Field(64, gt=0, le=2**20, description="weight sync: MiB of engine-dtype tensors per bucket (whole decoder layers; the engine loads one while the next is written)")
 
 
