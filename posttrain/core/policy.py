@@ -241,9 +241,6 @@ class PolicyTrainer:
         student = self.student(seqs, model)
         return student.logprobs(), student.mask_B_T
 
-    def _pack(self, seqs: Sequences):
-        return pack_sequences(seqs, self.pad_id, self.device)
-
     @torch.no_grad()
     def logprobs(self, seqs: Sequences, reference: bool = False) -> list[list[float]]:
         """No-grad log-probs per completion token (old-policy or reference)."""
