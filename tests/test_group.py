@@ -20,6 +20,7 @@ import torch.multiprocessing as mp
 from distill.objective import DistillLoss, TeacherHeads
 from posttrain.core.policy import PolicyTrainer, Sequences
 from posttrain.core.schema import LoraConfig, TrainerConfig
+from rollout.weight_buckets import bucket_tensors
 from specialists.grpo import GrpoLoss, LossNormalizer
 from specialists.sft import SftLoss
 
@@ -54,6 +55,11 @@ def _weights(trainer) -> dict:
     return {name: tensor.clone() for name, tensor in trainer.engine_weights("float32").items()}
 
 
+def _streamed(trainer, full: bool) -> dict:
+    """The weight sync's bucket stream read back (rank 0; another rank yields nothing but joins the gathers)."""
+    return {name: tensor.clone() for ref in trainer.weight_buckets("float32", full) for name, tensor in bucket_tensors(ref)}
+
+
 def _run_cases(make_trainer, checkpoint_dir: str, save: bool) -> dict:
     """GRPO on full weights, SFT on LoRA, distillation on full weights, then a second GRPO step from a checkpoint."""
     out = {}
@@ -61,6 +67,7 @@ def _run_cases(make_trainer, checkpoint_dir: str, save: bool) -> dict:
     out["grpo"] = trainer.update(SEQS, _grpo_loss(), GRPO_EXTRAS)
     out["grpo_logprobs"] = trainer.logprobs(SEQS)
     out["grpo_weights"] = _weights(trainer)
+    out["grpo_streamed"] = _streamed(trainer, full=True)
     if save:
         trainer.save(checkpoint_dir)
     out["grpo_next"] = trainer.update(SEQS, _grpo_loss(), GRPO_EXTRAS)
@@ -68,6 +75,7 @@ def _run_cases(make_trainer, checkpoint_dir: str, save: bool) -> dict:
     lora = make_trainer(lambda ws: _cfg(ws, lora=LoraConfig(r=4, alpha=8), lr=1e-2))
     out["sft"] = lora.update(SEQS, SftLoss(TOKENS), {})
     out["sft_weights"] = _weights(lora)
+    out["sft_streamed"] = _streamed(lora, full=False)  # LoRA: only the blocks holding an adapter
 
     student = make_trainer(_cfg)
     heads, extras, loss = _distill_inputs(student.model.config.hidden_size)
@@ -155,3 +163,15 @@ def test_a_sharded_checkpoint_reads_back_as_one_plain_state_dict(two_ranks):
     state = dcp_state_dict(checkpoint)
     for name, tensor in sharded["grpo_weights"].items():  # the weights right after the step saved
         torch.testing.assert_close(state[name], tensor, atol=0, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("case", ["grpo", "sft"])
+def test_two_ranks_stream_the_weight_buckets_of_one(two_ranks, one_rank, case):
+    """Rank 0 writes the buckets the ranks gathered one FSDP unit at a time: the same tensors, bit for bit
+    the same as the group's own engine weights, and as one rank's to the update tolerance."""
+    sharded, _ = two_ranks
+    streamed, whole = sharded[f"{case}_streamed"], one_rank[f"{case}_streamed"]
+    assert streamed.keys() == whole.keys() and streamed
+    for name, tensor in streamed.items():
+        torch.testing.assert_close(tensor, sharded[f"{case}_weights"][name], atol=0, rtol=0, msg=name)
+        torch.testing.assert_close(tensor, whole[name], **WEIGHT_TOL, msg=name)

@@ -27,6 +27,7 @@ micro-batches runs a zero-weight pass.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 import socket
@@ -38,9 +39,12 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
-from .policy import CompletionStates, PolicyTrainer, Sequences, causal_lm, length_sorted_chunks, merge_metrics, trainer_actor
+from rollout.weight_buckets import SharedWeights
+
+from .policy import CompletionStates, PolicyTrainer, Sequences, length_sorted_chunks, merge_metrics, trainer_actor
 from .sharded_checkpoint import is_sharded, load_sharded, save_sharded
-from .sharded_weights import sharded_engine_tensors
+from .sharded_weights import engine_names, sharded_engine_tensors
+from .weights import causal_lm, layer_buckets
 
 
 class CompletionStatesRoot(torch.nn.Module):
@@ -54,11 +58,12 @@ class CompletionStatesRoot(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids_B_L, attention_B_L, positions_B_T):
+    def forward(self, input_ids_R_L, attention_R_L, position_ids_R_L):
         model_lm = causal_lm(self.model)
-        hidden_B_L_H = model_lm.get_decoder()(input_ids=input_ids_B_L, attention_mask=attention_B_L).last_hidden_state
-        index_B_T_H = positions_B_T.unsqueeze(-1).expand(-1, -1, hidden_B_L_H.shape[-1])
-        return torch.gather(hidden_B_L_H, 1, index_B_T_H), model_lm.get_output_embeddings().weight
+        hidden_R_L_H = model_lm.get_decoder()(
+            input_ids=input_ids_R_L, attention_mask=attention_R_L, position_ids=position_ids_R_L, use_cache=False
+        ).last_hidden_state
+        return hidden_R_L_H, model_lm.get_output_embeddings().weight
 
 
 def shard_model(model) -> CompletionStatesRoot:
@@ -70,14 +75,28 @@ def shard_model(model) -> CompletionStatesRoot:
 
 def collective(method):
     """A method every rank runs together. Called on the leader, it is sent to the other ranks first (their
-    results dropped, their errors raised), then run here; the leader's result is returned."""
+    results dropped, their errors raised), then run here; the leader's result is returned. A generator
+    method stays one: the leader yields its items while the others run theirs to the end."""
+
+    def start_peers(self, args, kwargs) -> list:
+        packed = ray.put((args, kwargs))
+        return [peer.run_as_peer.remote(method.__name__, packed) for peer in self.peers]
+
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def run_generator(self, *args, **kwargs):
+            pending = start_peers(self, args, kwargs) if self.peers else []
+            yield from method(self, *args, **kwargs)
+            ray.get(pending)
+
+        return run_generator
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
         if not self.peers:
             return method(self, *args, **kwargs)
-        packed = ray.put((args, kwargs))
-        pending = [peer.run_as_peer.remote(method.__name__, packed) for peer in self.peers]
+        pending = start_peers(self, args, kwargs)
         result = method(self, *args, **kwargs)
         ray.get(pending)
         return result
@@ -104,22 +123,27 @@ class ShardedTrainer(PolicyTrainer):
         if torch.cuda.is_available():
             torch.cuda.set_device(0)  # Ray shows each rank its own GPU only
         self._roots: dict[int, CompletionStatesRoot] = {}
+        self._shared: SharedWeights | None = None  # rank 0's weight file, made on the first streamed sync
         super().__init__(model_path, trainer_cfg, seed, threads)  # same seed on every rank: same LoRA init
 
     def run_as_peer(self, name: str, packed) -> None:
         args, kwargs = packed
-        getattr(self, name)(*args, **kwargs)
+        result = getattr(self, name)(*args, **kwargs)
+        if inspect.isgenerator(result):
+            for _ in result:  # a collective generator (weight buckets): its gathers run as the leader's do
+                pass
 
     def _shard(self, model):
         self._roots[id(model)] = shard_model(model)
         return model
 
     def completion_states(self, seqs: Sequences, model=None) -> CompletionStates:
-        root = self._roots[id(model or self.model)]
-        input_ids_B_L, attention_B_L, positions_B_T, targets_B_T, mask_B_T = self._pack(seqs)
+        """As ``PolicyTrainer.completion_states`` (same token layout), through the FSDP root of ``model``."""
+        model = model or self.model
+        layout = self._layout(seqs, causal_lm(model).config)
         with self._autocast():
-            hidden_B_T_H, head_V_H = root(input_ids_B_L, attention_B_L, positions_B_T)
-        return CompletionStates(hidden_B_T_H, head_V_H, targets_B_T, mask_B_T)
+            hidden_R_L_H, head_V_H = self._roots[id(model)](layout.input_ids_R_L, layout.attention_R_L, layout.position_ids_R_L)
+        return CompletionStates(layout.hidden_B_T_H(hidden_R_L_H), head_V_H, layout.targets_B_T, layout.mask_B_T)
 
     def _reference_logprobs(self, seqs: Sequences):
         if self._ref_model is None and not hasattr(self.model, "disable_adapter"):
@@ -185,12 +209,30 @@ class ShardedTrainer(PolicyTrainer):
 
     @collective
     def engine_weights(self, dtype: str = "bfloat16") -> dict[str, torch.Tensor]:
-        """HF-named full weights (LoRA merged), gathered one FSDP unit at a time; whole on rank 0 only."""
+        """HF-named full weights (LoRA merged), gathered one FSDP unit at a time; the whole dict on rank 0
+        (the cross-node push); ``weight_buckets`` streams them instead."""
         weights = {}
         for name, tensor in sharded_engine_tensors(self.model, dtype, self._roots[id(self.model)]):
             if self.rank == 0:
                 weights[name] = tensor
         return weights
+
+    @collective
+    def weight_buckets(self, dtype: str = "bfloat16", full: bool = False):
+        """The engine's tensors gathered one FSDP unit at a time on every rank; rank 0 writes each bucket into
+        its shared file and yields its ``BucketRef`` (``PolicyTrainer.weight_buckets``'s stream, from shards).
+
+        Rank 0 sends alone: the all-gather already brings each layer whole to every rank, and the engine
+        loads whole HF tensors (vLLM shards them for its own tensor parallelism); ranks sending shard ranges
+        would need the engine to reassemble every fused weight."""
+        changed_only = hasattr(self.model, "peft_config") and not full
+        if self.rank == 0 and (self._shared is None or self._shared.dtype != dtype):
+            layout = [(clean, shape) for _, clean, shape in engine_names(self.model)]
+            self._shared = SharedWeights(layout, dtype)
+        named = sharded_engine_tensors(self.model, dtype, self._roots[id(self.model)], changed_only)
+        for bucket in layer_buckets(named, int(self.cfg.weight_bucket_mb * 2**20)):
+            if self.rank == 0:
+                yield self._shared.write(bucket)
 
     @collective
     def save(self, directory: str, tokenizer_from: str | None = None) -> str:

@@ -1,10 +1,11 @@
-"""Engine-ready weights from a trainer whose model may be FSDP2-sharded, one FSDP unit at a time.
+"""Engine-ready weights from an FSDP2-sharded trainer, one FSDP unit at a time.
 
-``sharded_engine_tensors`` yields ``(HF name, tensor)`` exactly as ``policy.engine_state_dict`` builds its
-dict (LoRA deltas merged in float32, then cast; a tied ``lm_head`` left out), but unit by unit: a
-decoder layer is unsharded (FSDP2 all-gathers it on every rank), its tensors yielded, and resharded
-before the next, so no process holds more of the full model than one layer beyond its shard. Every
-rank of a group must run the generator to its end together (each unshard is a collective).
+``sharded_engine_tensors`` yields ``(HF name, tensor in the engine's dtype)`` as ``weights.engine_tensors``
+does (LoRA deltas merged in float32, a tied ``lm_head`` left out, ``changed_only``: the blocks holding
+an adapter), but unit by unit: a decoder layer is unsharded (FSDP2 all-gathers it on every rank), its
+tensors cast into copies, and it is resharded before the next, so no rank holds more of the full
+model than one layer beyond its shard (plus the bucket being filled). Every rank of the group must
+run the generator to its end together: each unshard is a collective.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch.distributed.fsdp import FSDPModule
 
-from .policy import causal_lm
+from .weights import causal_lm, lora_delta, lora_layers
 
 
 @contextmanager
@@ -31,40 +32,49 @@ def _unsharded(unit):
 
 
 def _units(model_lm, root) -> list[tuple[object, list[str]]]:
-    """``[(FSDP unit or None, parameter names it holds)]``: each sharded layer, then the root's rest."""
-    layers = [(name, module) for name, module in model_lm.named_modules() if isinstance(module, FSDPModule) and name]
-    in_layer = set()
+    """``[(FSDP unit, parameter names it holds)]``: each sharded decoder layer, then the root's rest."""
+    in_layer: set[str] = set()
     units = []
-    for prefix, module in layers:
-        names = [f"{prefix}.{name}" for name, _ in module.named_parameters()]
-        in_layer.update(names)
-        units.append((module, names))
-    rest = [name for name, _ in model_lm.named_parameters() if name not in in_layer]
-    units.append((root, rest))
+    for prefix, module in model_lm.named_modules():
+        if prefix and isinstance(module, FSDPModule):
+            names = [f"{prefix}.{name}" for name, _ in module.named_parameters()]
+            in_layer.update(names)
+            units.append((module, names))
+    units.append((root, [name for name, _ in model_lm.named_parameters() if name not in in_layer]))
     return units
 
 
-@torch.no_grad()
-def sharded_engine_tensors(model, dtype: str = "bfloat16", root=None) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(HF name, CPU tensor in dtype)`` per engine weight, LoRA merged; ``root``: the FSDP root unit, if sharded."""
-    from peft.tuners.lora import LoraLayer
-
-    target = getattr(torch, dtype)
+def engine_names(model, changed_only: bool = False) -> Iterator[tuple[str, str, tuple[int, ...]]]:
+    """``(parameter name, HF name, global shape)`` of every engine weight, in the order they stream; no gather."""
     model_lm = causal_lm(model)
     tied = bool(getattr(model_lm.config, "tie_word_embeddings", False))
-    lora = {name: module for name, module in model_lm.named_modules() if isinstance(module, LoraLayer)}
+    changed_blocks = {name.rsplit(".", 1)[0] for name in lora_layers(model)}
+    for name, param in model_lm.named_parameters():
+        clean = name.replace(".base_layer.", ".")
+        if "lora_" in name or (tied and clean == "lm_head.weight"):
+            continue
+        if changed_only and clean.rsplit(".", 2)[0] not in changed_blocks:
+            continue
+        yield name, clean, tuple(param.shape)
+
+
+@torch.no_grad()
+def sharded_engine_tensors(model, dtype: str, root, changed_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(HF name, CPU tensor in dtype)`` per engine weight, LoRA merged; ``root``: the FSDP root unit."""
+    target = getattr(torch, dtype)
+    model_lm = causal_lm(model)
+    adapted = lora_layers(model)
+    wanted = {name: clean for name, clean, _ in engine_names(model, changed_only)}
     for unit, names in _units(model_lm, root):
+        if not any(name in wanted for name in names):
+            continue
         with _unsharded(unit):
             for name in names:
-                if "lora_" in name:
+                if name not in wanted:
                     continue
-                clean = name.replace(".base_layer.", ".")
-                if tied and clean == "lm_head.weight":
-                    continue
-                value = model_lm.get_parameter(name)
-                owner = name.rsplit(".", 2)[0] if ".base_layer." in name else None
-                if owner in lora and name.endswith("weight"):
-                    layer = lora[owner]
-                    delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters if a in layer.lora_A)
-                    value = value.float() + delta.float()
-                yield clean, value.detach().to("cpu", target, copy=True).contiguous()  # a copy: FSDP frees the unsharded buffer
+                clean, value = wanted[name], model_lm.get_parameter(name)
+                module_name = clean.rsplit(".", 1)[0]
+                if module_name in adapted and clean.endswith("weight"):
+                    value = value.float() + lora_delta(adapted[module_name]).float()
+                # a copy: FSDP frees the unsharded buffer at reshard
+                yield clean, value.detach().to("cpu", target, copy=True).contiguous()
