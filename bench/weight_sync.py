@@ -20,12 +20,16 @@ import os
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
 
 MODELS = {  # the SmolLM2 family (Llama): 135M as shipped, and a ~1B member (SmolLM2-1.7B's width, 14 layers)
     "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3),
@@ -34,18 +38,18 @@ MODELS = {  # the SmolLM2 family (Llama): 135M as shipped, and a ~1B member (Smo
 BUCKET_BYTES = 64 * 2**20
 
 
-def build(name: str, lora: bool):
+def build(name: str, lora: bool, materialize: bool = True):
+    """The model on the meta device (no memory), made real (uninitialised) unless ``materialize`` is False:
+    the sharded ranks materialise only their shards, after ``fully_shard`` (FSDP2's meta-device init)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     config = LlamaConfig(vocab_size=49152, tie_word_embeddings=True, **MODELS[name])
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    model = model.to_empty(device="cpu").float()
-    if lora:
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
-        model = model.to_empty(device="cpu") if any(p.is_meta for p in model.parameters()) else model
-    return model
+        if lora:
+            model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    return model.to_empty(device="cpu") if materialize else model
 
 
 def one_rank(model, lora: bool, repeats: int) -> tuple[list[float], int]:
@@ -69,8 +73,9 @@ def sharded_rank(rank: int, port: int, name: str, lora: bool, repeats: int, resu
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    model = build(name, lora)
+    model = build(name, lora, materialize=False)
     root = shard_model(model)
+    root.to_empty(device="cpu")
     shared = SharedWeights([(clean, shape) for _, clean, shape in engine_names(model)], "bfloat16") if rank == 0 else None
     times, sent = [], 0
     for _ in range(repeats + 1):
