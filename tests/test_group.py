@@ -76,6 +76,9 @@ def _run_cases(make_trainer, checkpoint_dir: str, save: bool) -> dict:
     out["sft"] = lora.update(SEQS, SftLoss(TOKENS), {})
     out["sft_weights"] = _weights(lora)
     out["sft_streamed"] = _streamed(lora, full=False)  # LoRA: only the blocks holding an adapter
+    if save:
+        lora.save(checkpoint_dir + "_lora")
+    out["sft_next"] = lora.update(SEQS, SftLoss(TOKENS), {})
 
     student = make_trainer(_cfg)
     heads, extras, loss = _distill_inputs(student.model.config.hidden_size)
@@ -175,3 +178,11 @@ def test_two_ranks_stream_the_weight_buckets_of_one(two_ranks, one_rank, case):
     for name, tensor in streamed.items():
         torch.testing.assert_close(tensor, sharded[f"{case}_weights"][name], atol=0, rtol=0, msg=name)
         torch.testing.assert_close(tensor, whole[name], **WEIGHT_TOL, msg=name)
+
+
+def test_a_two_rank_lora_checkpoint_resumes_on_one(two_ranks, tiny_model_path):
+    """Only the adapter is in a LoRA checkpoint; one rank loads it over its own base (found by a real 2 -> 1 run)."""
+    sharded, checkpoint = two_ranks
+    single = PolicyTrainer(tiny_model_path, _cfg(1, lora=LoraConfig(r=4, alpha=8), lr=1e-2), seed=0, threads=1)
+    assert single.load(checkpoint + "_lora") == 1
+    _same_metrics(single.update(SEQS, SftLoss(TOKENS), {}), sharded["sft_next"])

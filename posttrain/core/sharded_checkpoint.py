@@ -28,9 +28,10 @@ def is_sharded(checkpoint: str | Path) -> bool:
 
 
 def _options(model) -> StateDictOptions:
-    # LoRA: the frozen base is the model directory, not part of the checkpoint.
+    # LoRA: the frozen base is the model directory, not part of the checkpoint (so loading is not strict:
+    # the base's keys are absent by design; the adapter's are exactly those saved).
     lora = any(not param.requires_grad for param in model.parameters())
-    return StateDictOptions(ignore_frozen_params=lora)
+    return StateDictOptions(ignore_frozen_params=lora, strict=not lora)
 
 
 def save_sharded(model, optimizer, checkpoint: str | Path) -> None:
