@@ -71,7 +71,7 @@ def teacher_scores(actors, pool, recipe, router: Router, cells: dict) -> dict[st
         ray.get(actors.engine.update_weights.remote(pool.engine_weights.remote(index, dtype)))
         accuracy, _ = score_keys(actors, recipe, router, {teacher.key: cells[teacher.key]})
         scores[router.names[index]] = {"key": "/".join(teacher.key), **accuracy[teacher.key]}
-    actors.sync_weights(dtype)
+    actors.sync_weights(dtype, full=True)  # the engine held a teacher: every weight goes back
     return scores
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import ray
 
+from .core.placement import stage_resources
 from .core.schema import Recipe
 from .recipe import distill_recipe, specialist_recipes, stages_dir
 from .runner import train_recipe
@@ -59,13 +60,8 @@ def _run_specialists(recipe: Recipe, specialists: dict[str, Recipe], ledger: Sta
 
 
 def _resources(recipe: Recipe, trainer: bool = True) -> dict[str, float]:
-    """The placement-group bundle a stage needs: its engine, trainer and (distillation) teacher pool."""
-    cpus, gpus = recipe.engine.num_cpus, recipe.engine.num_gpus
-    if trainer:
-        cpus, gpus = cpus + recipe.trainer.num_cpus, gpus + recipe.trainer.num_gpus
-    if trainer and recipe.distill:
-        cpus, gpus = cpus + recipe.distill.teacher_num_cpus, gpus + recipe.distill.teacher_num_gpus
-    return {"CPU": cpus} | ({"GPU": gpus} if gpus else {})
+    """The placement-group bundle a stage needs: its engine, trainer ranks and (distillation) teacher pool."""
+    return stage_resources(recipe, trainer)
 
 
 def _run_stage(recipe: Recipe) -> dict:

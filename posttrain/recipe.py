@@ -31,6 +31,7 @@ from specialists.sft_data import check_dataset
 
 from .core.models import check_model_config, check_model_spec, logits_postprocessing
 from .core.modes import check_modes
+from .core.placement import check_placement
 from .core.schema import Recipe, RecipeError, TaskConfig  # noqa: F401  (RecipeError re-exported)
 from .core.tasks import check_task_data, typed_sources
 from .core.trackers import check_trackers
@@ -119,7 +120,7 @@ def validate_recipe(data: dict, origin: str = "recipe", check_files: bool = True
         raise RecipeError(_format_errors(origin, error)) from None
     recipe, problems = _typed_tasks(recipe)
     if not problems:
-        problems = check_modes(recipe) + _check_resolvable(recipe, check_files)
+        problems = check_modes(recipe) + check_placement(recipe) + _check_resolvable(recipe, check_files)
     if problems:
         raise RecipeError(f"{origin}: {len(problems)} problem(s)\n" + "\n".join(textwrap.indent(p, "  ") for p in problems))
     return recipe

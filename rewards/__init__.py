@@ -4,6 +4,7 @@ from . import agent as _builtin_agent  # noqa: F401  (registers the built-ins)
 from . import code as _builtin_code  # noqa: F401  (registers the built-ins)
 from . import instruct as _builtin_instruct  # noqa: F401  (registers the built-ins)
 from . import math as _builtin_math  # noqa: F401
+from .pool import warm_pool
 from .registry import RewardNotFound, RewardResult, registered_rewards, resolve_reward, reward
 from .scoring import RewardTimeout, Sample, ScoredBatch, WeightedReward, as_weighted, score_batch, score_locally
 
@@ -20,4 +21,5 @@ __all__ = [
     "reward",
     "score_batch",
     "score_locally",
+    "warm_pool",
 ]

@@ -245,3 +245,12 @@ def shared_pool() -> WorkerPool:
             _POOL = WorkerPool()
             atexit.register(_POOL.close)
         return _POOL
+
+
+def warm_pool() -> threading.Thread:
+    """Start the shared pool on a background thread (its forkserver's imports take seconds on a
+    small machine), so that a run's first reward batch does not wait for them; returns the thread."""
+    thread = threading.Thread(target=shared_pool, name="reward-pool-warmup", daemon=True)
+    thread.start()
+    return thread
+

@@ -328,6 +328,21 @@ class RolloutEngine:
         self.llm.reset_prefix_cache()
         return time.perf_counter() - start
 
+    def load_weight_bucket(self, ref) -> float:
+        """Load one ``weight_buckets.BucketRef`` in place (a streamed sync); call ``weights_loaded`` after the last."""
+        start = time.perf_counter()
+        self.llm.collective_rpc("load_weight_bucket", args=(ref,))
+        return time.perf_counter() - start
+
+    def weights_loaded(self) -> None:
+        """A streamed sync is complete: cached prefixes hold KV computed by the old weights."""
+        self.llm.reset_prefix_cache()
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def reseed(self, seed: int) -> None:
         """Restart the sampler's random stream at ``seed`` (see ``sampling_seed``).
 

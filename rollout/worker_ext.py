@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 import torch
 
+from .weight_buckets import BucketRef, bucket_tensors
+
 RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 # Per push, vLLM also logs at INFO "Reloading weights inplace...", "Reloading and processing weights
 # took N seconds" and "Successfully reset prefix cache": routine, and the step line already has the
@@ -29,14 +31,18 @@ class WeightSyncExtension:
     the post-load processing and works the same on GPU.
     """
 
-    def load_pushed_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
+    def load_pushed_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], partial: bool = False) -> int:
         named_tensors = list(named_tensors)
-        if not getattr(self, "_reload_noise_filtered", False):
-            logging.getLogger(RELOAD_LOGGER).addFilter(KnownReloadNoise(self.model_runner.model))
+        if getattr(self, "_reload_noise", None) is None:
+            self._reload_noise = KnownReloadNoise(self.model_runner.model)
+            logging.getLogger(RELOAD_LOGGER).addFilter(self._reload_noise)
             for name, prefixes in ROUTINE_PUSH_INFO.items():
                 logging.getLogger(name).addFilter(RoutineInfo(prefixes))
-            self._reload_noise_filtered = True
-        self.reload_weights(weights_iterator=iter(named_tensors), is_checkpoint_format=True)
+        self._reload_noise.partial = partial
+        try:
+            self.reload_weights(weights_iterator=iter(named_tensors), is_checkpoint_format=True)
+        finally:
+            self._reload_noise.partial = False
         return len(named_tensors)
 
     def load_pushed_weights_file(self, path: str) -> int:
@@ -46,6 +52,11 @@ class WeightSyncExtension:
 
         return self.load_pushed_weights(load_file(path).items())
 
+    def load_weight_bucket(self, ref: BucketRef) -> int:
+        # One bucket of a streamed sync (rollout/weight_buckets.py): its tensors are views of the
+        # sender's shared file, loaded in place; a bucket holds whole layers, so each layer is
+        # re-processed (CPU repacking) as soon as its bucket is in, and the others keep theirs.
+        return self.load_pushed_weights(bucket_tensors(ref), partial=True)
 
     def reseed_sampler(self, seed: int) -> None:
         # Unseeded requests draw their sampling noise from the worker's global torch
@@ -110,8 +121,12 @@ class KnownReloadNoise(logging.Filter):
         self.tied_head = head is not None and any(p.data_ptr() == head.data_ptr() for p in others)
         self.head_class = type(model.lm_head).__name__ if self.tied_head else None
 
+    partial = False  # a bucket is being loaded: the layers it does not carry keep their weights on purpose
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg != "%s: Failed to load weights" or not record.args:
             return True
+        if self.partial:
+            return False
         layer = str(record.args[0])
         return not (layer.endswith("RotaryEmbedding") or layer == self.head_class)

@@ -2,9 +2,14 @@
 
 Each step reads as the algorithm, phases named and timed::
 
-    generate (vLLM) -> reward (Ray tasks) -> length shaping + advantages ->
+    generate (vLLM) -> reward (worker pool) -> length shaping + advantages ->
     log-probs (only if needed) -> update (trainer actor) -> weight_sync
-    (trainer -> engine, in place)
+    (trainer -> engine, streamed in buckets, in place)
+
+``grpo.max_staleness = k > 0``: step ``s + k`` is sampled while step ``s`` trains
+(``posttrain/core/overlap.py``); the rollout correction (TIS / MIS against the
+engine's log-probs at sampling time) reweights the stale samples, and
+``async/staleness`` is logged per step. ``k = 0`` is the synchronous loop.
 
 Effort modes: each step's prompts are spread over the task's modes
 (``modes.assign_modes``); a prompt's G samples share its mode, so a group
@@ -19,6 +24,7 @@ zero-variance groups (they simply get zero advantage).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -29,13 +35,14 @@ import torch
 from posttrain.core.driver import Actors, phase_line, run_loop, start_actors
 from posttrain.core.evaluation import budget_sweep, evaluate_suites
 from posttrain.core.modes import assign_modes, eval_mode_names, sampling_spec, sweep_mode_name
+from posttrain.core.overlap import RolloutsAhead
 from posttrain.core.plots import plot_budget_sweeps
 from posttrain.core.policy import Sequences
 from posttrain.core.rundir import RunDir
 from posttrain.core.schema import Recipe
 from posttrain.core.tasks import Task, make_task
 from posttrain.core.timing import PhaseTimer
-from rewards import score_batch
+from rewards import score_batch, warm_pool
 from rollout.engine import sampling_seed
 
 from .grpo import GrpoLoss, LossNormalizer, group_advantages, merge_metrics, mismatch_metrics
@@ -47,6 +54,7 @@ log = logging.getLogger("posttrain.grpo")
 def train_specialist(recipe: Recipe, model_path: str, run: RunDir) -> dict:
     """Run GRPO per ``recipe``; returns ``{"before": eval, "after": eval, "checkpoint": path}``."""
     task = make_task(recipe.task, seed=recipe.run.seed)
+    warm_pool()  # the reward workers' imports, while the engine starts
     actors = start_actors(recipe, model_path)
     return run_loop(GrpoLoop(recipe, actors, task, run), recipe, run, actors, model_path)
 
@@ -60,6 +68,7 @@ class GrpoLoop:
     task: Task
     run: RunDir
     name = "GRPO"
+    _ahead: RolloutsAhead | None = None  # rollouts sampled ahead (grpo.max_staleness), made at the first step
 
     @property
     def steps(self) -> int:
@@ -77,7 +86,13 @@ class GrpoLoop:
             started = time.perf_counter()
             specialist_eval(self.recipe, self.actors, self.task, self.run, f"step_{step}", step)
             extra["time/eval"] = time.perf_counter() - started
-        return grpo_step(self.recipe, self.actors, self.task, self.run, step) | extra
+        if self._ahead is None:
+            produce = functools.partial(produce_rollout, self.recipe, self.actors, self.task)
+            self._ahead = RolloutsAhead(produce, self.recipe.grpo.max_staleness, self.steps)
+        metrics = grpo_step(self.recipe, self.actors, self.task, self.run, step, self._ahead)
+        if step == self.steps - 1:
+            self._ahead.close()
+        return metrics | extra
 
     def step_line(self, step: int, m: dict[str, float]) -> str:
         return (
@@ -126,20 +141,43 @@ def eval_mode(recipe: Recipe, name: str):
     return mode
 
 
-def grpo_step(recipe: Recipe, actors: Actors, task: Task, run: RunDir, step: int) -> dict[str, float]:
-    cfg, timer = recipe.grpo, PhaseTimer()
+@dataclass
+class StepRollout:
+    """What one step sampled: its problems, their modes and prompts, and the engine's completions."""
+
+    problems: list
+    mode_names: list[str]
+    prompts: list[list[int]]
+    result: object  # GenerateResult
+    seconds: float  # the rollout's own time (with overlap it runs during the previous update)
+
+
+def produce_rollout(recipe: Recipe, actors: Actors, task: Task, step: int) -> StepRollout:
+    """Step ``step``'s prompts (a pure function of ``(seed, step)``), sampled on the engine."""
+    start, cfg = time.perf_counter(), recipe.grpo
     problems = task.sample(step, cfg.prompts_per_step)
     mode_names = assign_modes(recipe.task.modes, cfg.prompts_per_step, recipe.run.seed, step)
     modes = [recipe.modes[name] for name in mode_names]
     prompts = [task.prompt_ids(actors.tokenizer, p, mode=m, tags=recipe.thinking_tags) for p, m in zip(problems, modes)]
     specs = [sampling_spec(m, recipe.thinking_tags, cfg.samples_per_prompt, cfg.temperature, cfg.top_p) for m in modes]
+    ray.get(actors.engine.reseed.remote(sampling_seed(recipe.run.seed, step)))  # a resumed step samples the same
+    result = task.rollout(actors.engine, actors.tokenizer, problems, prompts, specs)
+    return StepRollout(problems, mode_names, prompts, result, time.perf_counter() - start)
+
+
+def grpo_step(recipe: Recipe, actors: Actors, task: Task, run: RunDir, step: int, ahead: RolloutsAhead) -> dict[str, float]:
+    """One GRPO step; its rollout comes from ``ahead`` (sampled now, or during the previous update)."""
+    cfg, timer = recipe.grpo, PhaseTimer()
     with timer.phase("generate"):
-        ray.get(actors.engine.reseed.remote(sampling_seed(recipe.run.seed, step)))  # a resumed step samples the same
-        rollout = task.rollout(actors.engine, actors.tokenizer, problems, prompts, specs)
+        taken = ahead.take(step)
+    sampled = taken.rollout
+    problems, mode_names, prompts, rollout = sampled.problems, sampled.mode_names, sampled.prompts, sampled.result
+    modes = [recipe.modes[name] for name in mode_names]
     completions = rollout.completions  # prompt-major: G samples of prompt 0, then prompt 1, ...
     with timer.phase("reward"):
         samples = [task.reward_sample(problems[c.prompt_index], c) for c in completions]
         scored = score_batch(task.rewards, samples)
+    ahead.ahead(step)  # with max_staleness > 0 the engine samples later steps during this update
     scores_B = torch.tensor(scored.scores, dtype=torch.float32)
     lengths_B = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
     penalties_B = length_penalties_B(lengths_B, [modes[c.prompt_index] for c in completions])
@@ -160,8 +198,12 @@ def grpo_step(recipe: Recipe, actors: Actors, task: Task, run: RunDir, step: int
     with timer.phase("update"):
         max_tokens = max(recipe.modes[name].max_tokens for name in recipe.task.modes)
         update = _update(actors, cfg, seqs, extras, max_tokens)
+    if cfg.max_staleness:
+        with timer.phase("wait_rollout"):
+            ahead.before_sync()
     with timer.phase("weight_sync"):
         actors.sync_weights(recipe.model.engine_dtype)
+    ahead.synced()
     sample_modes = [mode_names[c.prompt_index] for c in completions]
     run.log_samples(step, _sample_rows(samples, scores_B + penalties_B, completions, sample_modes, cfg))
     metrics = _step_metrics(rollout, scored, rewards_P_G, update, timer, actors, cfg)
@@ -170,6 +212,8 @@ def grpo_step(recipe: Recipe, actors: Actors, task: Task, run: RunDir, step: int
     if metrics["response/truncated_share"] > cfg.truncation_warn:
         log.warning("step %d: %.0f%% of samples hit their mode's max_tokens and were truncated; raise it or shape "
                     "length", step, 100 * metrics["response/truncated_share"])
+    if cfg.max_staleness:
+        metrics |= {"async/staleness": float(taken.staleness), "async/rollout_seconds": sampled.seconds}
     return metrics | mode_metrics(sample_modes, completions, scores_B, penalties_B)
 
 

@@ -61,6 +61,33 @@ def test_weight_push_changes_output_and_pushing_back_restores_it(engine, prompts
     ray.kill(trainer)
 
 
+def test_streamed_bucket_sync_equals_the_whole_push_and_lora_sends_only_what_changed(engine, prompts, smollm2_path):
+    from posttrain.core.driver import Actors
+    from posttrain.core.schema import LoraConfig
+
+    original = _texts(engine, prompts)
+    seqs = Sequences(prompts, [[28, 28, 28, 2]] * len(prompts))
+    loss = GrpoLoss(LossNormalizer("token_mean", 12, 3, 4))
+    for lora in (None, LoraConfig(r=4, alpha=64, target_modules=["q_proj", "v_proj"])):
+        trainer = trainer_actor(smollm2_path, TrainerConfig(lr=1e-2 if lora else 1e-3, micro_batch_size=4, lora=lora, weight_bucket_mb=16))
+        ray.get(trainer.update.remote(seqs, loss, {"advantages": [1.0] * len(prompts)}))
+        Actors(engine, trainer, None).sync_weights("bfloat16")  # several buckets; with LoRA the attention blocks only
+        streamed = _texts(engine, prompts)
+        assert streamed != original, f"the engine did not pick up the streamed weights (lora={lora})"
+        ray.get(engine.update_weights.remote(trainer.engine_weights.remote()))
+        assert _texts(engine, prompts) == streamed, f"streamed and whole pushes differ (lora={lora})"
+        ray.get(engine.update_weights.remote(_base(smollm2_path)))
+        assert _texts(engine, prompts) == original
+        ray.kill(trainer)
+
+
+def _base(path):
+    from posttrain.core.policy import engine_state_dict
+    from transformers import AutoModelForCausalLM
+
+    return engine_state_dict(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32))
+
+
 def test_engine_logprobs_agree_with_trainer(engine, prompts, smollm2_path):
     """The same tokens scored by vLLM (bf16) and by the trainer (bf16 autocast) agree closely."""
     result = ray.get(engine.generate.remote(prompts, SamplingSpec(n=2, max_tokens=16)))

@@ -23,8 +23,9 @@ import ray
 
 from rollout.engine import EngineConfig, engine_actor
 
+from .group import start_trainer
 from .models import load_tokenizer
-from .policy import trainer_actor
+from .placement import check_cluster
 from .resume import eval_once, final_checkpoint, resume_point, run_steps
 from .rundir import RunDir
 from .schema import Recipe
@@ -39,10 +40,18 @@ class Actors:
     engine: ray.actor.ActorHandle
     trainer: ray.actor.ActorHandle
     tokenizer: object
+    same_node: bool = True  # engine and trainer share /dev/shm
 
-    def sync_weights(self, dtype: str) -> None:
-        """Trainer -> engine: the trainer's weights (LoRA merged) loaded in place, handed over as a Ray object."""
-        ray.get(self.engine.update_weights.remote(self.trainer.engine_weights.remote(dtype)))
+    def sync_weights(self, dtype: str, full: bool = False) -> None:
+        """Trainer -> engine, loaded in place. On one node the weights stream in buckets through shared
+        memory (``posttrain/core/weights.py``; with LoRA only what changed, unless ``full``); across
+        nodes the whole state dict travels as a Ray object."""
+        if not self.same_node:
+            ray.get(self.engine.update_weights.remote(self.trainer.engine_weights.remote(dtype)))
+            return
+        buckets = self.trainer.weight_buckets.options(num_returns="streaming").remote(dtype, full)
+        ray.get([self.engine.load_weight_bucket.remote(bucket) for bucket in buckets])
+        ray.get(self.engine.weights_loaded.remote())
 
 
 def engine_config(recipe: Recipe, model_path: str) -> EngineConfig:
@@ -69,10 +78,12 @@ def start_engine(recipe: Recipe, model_path: str):
 
 
 def start_actors(recipe: Recipe, model_path: str) -> Actors:
+    """The engine and the trainer (one actor, or rank 0 of a group of ``trainer.world_size``), ready."""
+    check_cluster(recipe, [node["Resources"] for node in ray.nodes() if node.get("Alive")])
     engine = engine_actor(engine_config(recipe, model_path), num_cpus=recipe.engine.num_cpus, num_gpus=recipe.engine.num_gpus)
-    trainer = trainer_actor(model_path, recipe.trainer, seed=recipe.run.seed)
-    ray.get([engine.ready.remote(), trainer.peak_memory_gib.remote()])
-    return Actors(engine, trainer, load_tokenizer(model_path, recipe.model))
+    trainer = start_trainer(model_path, recipe.trainer, seed=recipe.run.seed)
+    engine_node, trainer_node = ray.get([engine.node_id.remote(), trainer.node_id.remote()])
+    return Actors(engine, trainer, load_tokenizer(model_path, recipe.model), same_node=engine_node == trainer_node)
 
 
 class Loop(Protocol):

@@ -24,6 +24,9 @@ import torch
 import torch.utils.checkpoint
 
 from .logits import LogitsPath, check_logits_path, logits_path
+from .sharded_checkpoint import is_sharded, load_sharded
+from .packing import TokenLayout, packed_layout, padded_layout, supports_packing
+from .weights import WeightSender, causal_lm, engine_tensors
 
 
 @dataclass
@@ -84,10 +87,13 @@ class Student:
         (``self.path``: the model's logit post-processing and the sampling temperature), computed once."""
         if self._logprobs_B_T is None:
             states = self.states
+            trained_B_T = states.mask_B_T > 0  # the head runs on these tokens only, never on padding
             with self._autocast():
-                logprobs_B_T = chunked_target_logprobs(
-                    states.hidden_B_T_H, states.head_V_H, states.targets_B_T, self._chunk_tokens, self.path
+                logprobs_1_N = chunked_target_logprobs(
+                    states.hidden_B_T_H[trained_B_T].unsqueeze(0), states.head_V_H,
+                    states.targets_B_T[trained_B_T].unsqueeze(0), self._chunk_tokens, self.path,
                 )
+            logprobs_B_T = torch.zeros_like(states.mask_B_T).masked_scatter(trained_B_T, logprobs_1_N[0])
             self._logprobs_B_T = logprobs_B_T * states.mask_B_T
         return self._logprobs_B_T
 
@@ -106,11 +112,6 @@ class Installed:
         if cls not in self._by_type:
             raise KeyError(f"the trainer has no {cls.__name__} installed (PolicyTrainer.install)")
         return self._by_type[cls]
-
-
-def causal_lm(model):
-    """The transformers causal LM inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def chunked_target_logprobs(
@@ -181,13 +182,20 @@ class PolicyTrainer:
             for param in model.parameters():
                 if param.requires_grad:
                     param.data = param.data.float()
-        self.model = model
+        self.model = self._shard(model)
         params = [p for p in model.parameters() if p.requires_grad]
+        # fused: one kernel over every tensor (CPU and CUDA); the per-tensor loop was ~1/10 of a CPU update
         self.optimizer = torch.optim.AdamW(
-            params, lr=trainer_cfg.lr, weight_decay=trainer_cfg.weight_decay, betas=tuple(trainer_cfg.betas)
+            params, lr=trainer_cfg.lr, weight_decay=trainer_cfg.weight_decay, betas=tuple(trainer_cfg.betas),
+            fused=self.device.type in ("cpu", "cuda"),
         )
         self.steps = 0
         self.installed = Installed()
+        self._sender: WeightSender | None = None  # made on the first streamed weight sync
+
+    def _shard(self, model):
+        """Where a trainer group shards the model before the optimizer sees it (``core/group.py``); whole here."""
+        return model
 
     @staticmethod
     def _wrap_lora(model, lora_cfg):
@@ -209,17 +217,24 @@ class PolicyTrainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def completion_states(self, seqs: Sequences, model=None) -> CompletionStates:
-        """Last hidden states at the positions that predict each completion token (autocast dtype)."""
+        """Last hidden states at the positions that predict each completion token (autocast dtype).
+
+        Sequences are packed end to end (``trainer.packing``, where the attention takes it), else padded.
+        """
         model_lm = causal_lm(model or self.model)
-        input_ids_B_L, attention_B_L, positions_B_T, targets_B_T, mask_B_T = self._pack(seqs)
+        layout = self._layout(seqs, model_lm.config)
         with self._autocast():
-            hidden_B_L_H = model_lm.get_decoder()(
-                input_ids=input_ids_B_L, attention_mask=attention_B_L
+            hidden_R_L_H = model_lm.get_decoder()(
+                input_ids=layout.input_ids_R_L, attention_mask=layout.attention_R_L, position_ids=layout.position_ids_R_L,
+                use_cache=False,  # a KV cache is useless here, and its presence hides packed rows from the mask
             ).last_hidden_state
-        hidden_B_T_H = torch.gather(
-            hidden_B_L_H, 1, positions_B_T.unsqueeze(-1).expand(-1, -1, hidden_B_L_H.shape[-1])
-        )
-        return CompletionStates(hidden_B_T_H, model_lm.get_output_embeddings().weight, targets_B_T, mask_B_T)
+        hidden_B_T_H = layout.hidden_B_T_H(hidden_R_L_H)
+        return CompletionStates(hidden_B_T_H, model_lm.get_output_embeddings().weight, layout.targets_B_T, layout.mask_B_T)
+
+    def _layout(self, seqs: Sequences, config) -> TokenLayout:
+        if self.cfg.packing and supports_packing(config):
+            return packed_layout(seqs, self.pad_id, self.device)
+        return padded_layout(seqs, self.pad_id, self.device)
 
     def student(self, seqs: Sequences, model=None) -> Student:
         """``model`` (default: the one being trained) at the completion positions of ``seqs``."""
@@ -230,9 +245,6 @@ class PolicyTrainer:
         """Log-prob of each completion token under ``model`` at ``seqs.temperature``: ``(logprobs_B_T, mask_B_T)``."""
         student = self.student(seqs, model)
         return student.logprobs(), student.mask_B_T
-
-    def _pack(self, seqs: Sequences):
-        return pack_sequences(seqs, self.pad_id, self.device)
 
     @torch.no_grad()
     def logprobs(self, seqs: Sequences, reference: bool = False) -> list[list[float]]:
@@ -270,8 +282,7 @@ class PolicyTrainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         totals = self._accumulate(seqs, loss_fn, extras, backward=True)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm))
+        totals["grad_norm"] = self._clip_gradients()
         self.optimizer.step()
         self.steps += 1
         totals["update_seconds"] = time.perf_counter() - start
@@ -283,18 +294,32 @@ class PolicyTrainer:
         self.model.eval()
         return self._accumulate(seqs, loss_fn, extras, backward=False)
 
+    def _clip_gradients(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return float(torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm))
+
+    def _micro_batches(self, seqs: Sequences):
+        """``(indices, weight)`` per forward pass this process runs; a trainer group's ranks split them
+        and run zero-weight passes to stay in step (``core/group.py``)."""
+        for indices in length_sorted_chunks(seqs, self.cfg.micro_batch_size):
+            yield indices, 1.0
+
+    def _reduce_metrics(self, totals: dict[str, float]) -> dict[str, float]:
+        """Metrics of the whole batch from this process's share (all of it here)."""
+        return totals
+
     def _accumulate(self, seqs: Sequences, loss_fn: Callable, extras: dict, backward: bool) -> dict[str, float]:
         totals: dict[str, float] = {"loss": 0.0}
-        for indices in length_sorted_chunks(seqs, self.cfg.micro_batch_size):
+        for indices, weight in self._micro_batches(seqs):
             sub = seqs.select(indices)
             micro_extras = {key: [values[i] for i in indices] for key, values in extras.items()}
             loss, metrics = loss_fn(self.student(sub), micro_extras, self.installed)
             if backward:
-                loss.backward()
-            totals["loss"] += float(loss.detach())
-            for key, value in metrics.items():  # sums, but a `*_max` metric is a max
-                totals[key] = max(totals.get(key, value), value) if key.endswith("_max") else totals.get(key, 0.0) + value
-        return totals
+                (loss if weight == 1.0 else loss * weight).backward()
+            if weight:
+                totals["loss"] += float(loss.detach())
+                merge_metrics(totals, metrics)
+        return self._reduce_metrics(totals)
 
     def install(self, item) -> None:
         """Install a frozen input a loss reads every step (e.g. ``TeacherHeads``), sent once; by its class."""
@@ -305,6 +330,18 @@ class PolicyTrainer:
     def engine_weights(self, dtype: str = "bfloat16") -> dict[str, torch.Tensor]:
         """HF-named full weights for the engine; LoRA deltas merged in (the model is not mutated)."""
         return engine_state_dict(self.model, dtype)
+
+    def weight_buckets(self, dtype: str = "bfloat16", full: bool = False):
+        """The engine's tensors written bucket by bucket into this trainer's shared file; yields each
+        ``BucketRef`` once written (a Ray streaming generator: the engine loads one while the next is
+        written). With LoRA only the blocks holding an adapter, unless ``full``."""
+        if self._sender is None or self._sender.dtype != dtype:
+            self._sender = WeightSender(self.model, dtype, int(self.cfg.weight_bucket_mb * 2**20))
+        changed_only = hasattr(self.model, "peft_config") and not full
+        yield from self._sender.buckets(self.model, changed_only)
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
 
     def save(self, directory: str, tokenizer_from: str | None = None) -> str:
         """Save the model (safetensors, or the peft adapter), optimizer and RNG state.
@@ -332,6 +369,9 @@ class PolicyTrainer:
         from safetensors.torch import load_file
 
         path = Path(directory)
+        if is_sharded(path):  # a trainer group's checkpoint, resharded onto this one process
+            load_sharded(self.model, self.optimizer, path)
+            return self._restore_state(torch.load(path / "trainer_state.pt", weights_only=False))
         if hasattr(self.model, "peft_config"):
             from peft import set_peft_model_state_dict
 
@@ -346,6 +386,9 @@ class PolicyTrainer:
                 raise ValueError(f"checkpoint {path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
         saved = torch.load(path / "trainer_state.pt", weights_only=False)
         self.optimizer.load_state_dict(saved["optimizer"])
+        return self._restore_state(saved)
+
+    def _restore_state(self, saved: dict) -> int:
         self.steps = saved["steps"]
         if "torch_rng" in saved:
             torch.set_rng_state(saved["torch_rng"])
@@ -355,46 +398,21 @@ class PolicyTrainer:
         return peak_memory_gib()
 
 
-@torch.no_grad()
 def engine_state_dict(model, dtype: str = "bfloat16") -> dict[str, torch.Tensor]:
-    """HF-named full weights of a causal LM or peft model, active LoRA deltas merged in.
+    """HF-named full weights of a causal LM or peft model, active LoRA deltas merged in, as one dict in ``dtype``.
 
-    The model is not mutated. A tied ``lm_head`` is left out: the engine ties it too.
+    The model is not mutated; a tied ``lm_head`` is left out (the engine ties it too). A weight sync
+    streams the same tensors in buckets instead (``weights.WeightSender``).
     """
     target = getattr(torch, dtype)
-    model_lm = causal_lm(model)
-    tied = bool(getattr(model_lm.config, "tie_word_embeddings", False))
-    deltas = _lora_deltas(model)
-    weights = {}
-    for name, param in model_lm.named_parameters():
-        if "lora_" in name:
-            continue
-        clean = name.replace(".base_layer.", ".")
-        if tied and clean == "lm_head.weight":
-            continue
-        module_name = clean.rsplit(".", 1)[0]
-        if module_name in deltas and clean.endswith("weight"):
-            value = param.float() + deltas[module_name].float()
-        else:
-            value = param
-        weights[clean] = value.detach().to("cpu", target).contiguous()
-    return weights
+    return {name: tensor.detach().to("cpu", target).contiguous() for name, tensor in engine_tensors(model)}
 
 
-def _lora_deltas(model) -> dict[str, torch.Tensor]:
-    """``{module name (HF naming): B @ A * scale}`` for every LoRA layer of a peft model."""
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:
-        return {}
-    deltas = {}
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer):
-            clean = name.removeprefix("base_model.model.")
-            deltas[clean] = sum(
-                module.get_delta_weight(adapter) for adapter in module.active_adapters if adapter in module.lora_A
-            )
-    return deltas
+def merge_metrics(totals: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:
+    """Add ``metrics`` into ``totals``: sums, but a ``*_max`` metric is a max."""
+    for key, value in metrics.items():
+        totals[key] = max(totals.get(key, value), value) if key.endswith("_max") else totals.get(key, 0.0) + value
+    return totals
 
 
 def pack_sequences(seqs: Sequences, pad_id: int, device: torch.device):

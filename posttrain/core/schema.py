@@ -118,11 +118,15 @@ class TrainerConfig(Strict):
     autocast: Literal["bfloat16", "none"] = Field("bfloat16", description="compute dtype of forward/backward; master weights stay float32")
     lora: LoraConfig | None = Field(None, description="train a LoRA adapter over the frozen float32 base (the checkpoint users merge it onto) instead of every weight")
     logprob_chunk_tokens: int = Field(
-        1024, ge=0, le=MAX_CONTEXT, description="tokens whose [tokens, vocab] logits live at once when computing log-probs "
-        "(recomputed in backward); 0 = the whole micro-batch at once (faster, B*T*V floats of memory)"
+        1024, ge=0, le=MAX_CONTEXT, description="trained tokens whose [tokens, vocab] logits live at once when computing log-probs "
+        "(each chunk recomputed in backward); a micro-batch with no more trained tokens than this runs the head "
+        "in one piece, no recompute; 0 = always in one piece (faster, tokens*V floats of memory)"
     )
-    num_cpus: float = Field(1, ge=0, description="Ray logical CPUs reserved for the trainer actor")
-    num_gpus: float = Field(0, ge=0, description="Ray GPUs reserved for the trainer actor")
+    num_cpus: float = Field(1, ge=0, description="Ray logical CPUs reserved for the trainer actor (per rank)")
+    num_gpus: float = Field(0, ge=0, description="Ray GPUs reserved for the trainer actor (per rank: 0 or 1 with world_size > 1)")
+    world_size: int = Field(1, ge=1, le=4096, description="trainer ranks: >1 shards the model with FSDP2 over that many Ray actors (gloo on CPU, NCCL on GPUs), the batch split over them")
+    packing: bool = Field(True, description="pack a micro-batch's sequences end to end (position ids restart per sequence, no padding) where the model's attention takes it (sdpa, eager, flex, flash); false: right-padded rows")
+    weight_bucket_mb: float = Field(64, gt=0, le=2**20, description="weight sync: MiB of engine-dtype tensors per bucket (whole decoder layers; the engine loads one while the next is written)")
 
 
 class SourceConfig(BaseModel):
@@ -214,9 +218,19 @@ class GrpoConfig(Strict):
     minibatches: int = Field(1, ge=1, le=MAX_COUNT, description="optimizer steps per batch (>1 recomputes old log-probs)")
     rollout_correction: Literal["none", "tis", "mis"] = Field("tis", description="weight each token's policy-gradient term for the engine-trainer mismatch: tis = min(pi_old/pi_vllm, correction_cap), mis = drop tokens whose ratio leaves [1/cap, cap], none = as sampled; mismatch/* is logged either way")
     correction_cap: float = Field(2.0, gt=1, le=1e6, description="C of the rollout correction (TIS truncation, MIS band [1/C, C]); also the mismatch/share_over_threshold threshold")
+    max_staleness: int = Field(0, ge=0, le=8, description="overlap: sample step s+k while step s trains (k steps off-policy, corrected by rollout_correction against the engine's log-probs at sampling time; async/staleness is logged); 0 = the synchronous loop")
     truncation_warn: float = Field(0.2, ge=0, le=1, description="warn when more than this share of samples is truncated")
     checkpoint_every: int = Field(0, ge=0, le=MAX_STEPS, description="steps between checkpoints; 0: only the final one")
     log_samples: int = Field(4, ge=0, le=MAX_COUNT, description="completions saved to samples.jsonl per step")
+
+    @model_validator(mode="after")
+    def _stale_samples_corrected(self) -> GrpoConfig:
+        if self.max_staleness and self.rollout_correction == "none":
+            raise ValueError(
+                "max_staleness > 0 trains on samples of an older policy: set rollout_correction to tis or mis "
+                "(the importance correction against the engine's log-probs at sampling time)"
+            )
+        return self
 
     @field_validator("top_p")
     @classmethod

@@ -1,0 +1,66 @@
+"""Sharded checkpoints with ``torch.distributed.checkpoint`` (DCP): every rank writes its own shards.
+
+A trainer group (``core/group.py``) saves ``step_N/dcp/`` (model and AdamW state, keyed by
+parameter name, each rank writing the pieces it holds: no rank gathers the whole model) and
+``step_N/trainer_state.pt`` (steps, RNG, the world size that wrote it). DCP reshards on load,
+so a checkpoint written by 2 ranks loads on 1 (a plain ``PolicyTrainer``, no process group)
+or on any other number of ranks. Under LoRA only the trainable parameters (the adapter) are
+saved: the frozen base is the model directory the run started from.
+
+``dcp_state_dict`` reads a sharded checkpoint's model weights back as one plain state dict
+(parameter names as the trainer's model has them), for an export to a plain HF directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+SHARDS = "dcp"
+
+
+def is_sharded(checkpoint: str | Path) -> bool:
+    """True for a checkpoint a trainer group wrote (``dcp/.metadata`` inside)."""
+    return (Path(checkpoint) / SHARDS / ".metadata").exists()
+
+
+def _options(model) -> StateDictOptions:
+    # LoRA: the frozen base is the model directory, not part of the checkpoint (so loading is not strict:
+    # the base's keys are absent by design; the adapter's are exactly those saved).
+    lora = any(not param.requires_grad for param in model.parameters())
+    return StateDictOptions(ignore_frozen_params=lora, strict=not lora)
+
+
+def save_sharded(model, optimizer, checkpoint: str | Path) -> None:
+    """Write this rank's shards of ``model`` and ``optimizer`` into ``checkpoint/dcp`` (every rank calls it)."""
+    model_state, optimizer_state = get_state_dict(model, optimizer, options=_options(model))
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(Path(checkpoint) / SHARDS))
+
+
+def load_sharded(model, optimizer, checkpoint: str | Path) -> None:
+    """Load ``checkpoint/dcp`` into ``model`` and ``optimizer``, resharded to however they are placed now
+    (a whole model without a process group, or FSDP2 shards on any number of ranks)."""
+    options = _options(model)
+    model_state, optimizer_state = get_state_dict(model, optimizer, options=options)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(state, checkpoint_id=str(Path(checkpoint) / SHARDS))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=options)
+
+
+def dcp_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights of a sharded checkpoint as one plain ``{name: tensor}`` (on CPU, no process group).
+
+    Names are the trainer's: ``model.layers.0...`` for full fine-tuning, peft's
+    ``base_model.model...lora_A.default.weight`` for an adapter. Memory: the whole model (DCP's ``dcp_to_torch_save`` through a temporary file).
+    """
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory(prefix="posttrain-dcp-") as scratch:
+        whole = Path(scratch) / "whole.pt"
+        dcp_to_torch_save(str(Path(checkpoint) / SHARDS), str(whole))
+        return dict(torch.load(whole, weights_only=True, mmap=False)["model"])

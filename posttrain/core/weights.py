@@ -1,0 +1,120 @@
+"""The trainer's side of a weight sync: the engine's tensors, in buckets, written in place.
+
+    named = engine_tensors(model, changed_only=lora)       # (HF name, tensor), LoRA deltas merged
+    for bucket in layer_buckets(named, bucket_bytes):       # whole decoder layers, ~bucket_bytes each
+        ref = shared.write(bucket)                          # cast into the fixed slots of /dev/shm
+        engine.load_weight_bucket(ref)                      # rollout/worker_ext.py: loaded in place
+
+Nothing here rebuilds a state dict: each tensor is produced (a parameter, or a
+parameter + its LoRA delta) and cast straight into its slot of the shared file
+(``rollout/weight_buckets.py``). With LoRA only what changed travels: the
+modules holding an adapter, with their fused siblings (every parameter of the
+block -- attention, MLP -- that holds one), because the engine fuses q/k/v and
+gate/up into one layer and loads a layer only when all of it arrives.
+
+The bucket stream is the interface: a multi-rank trainer (issue 15) yields the
+same ``(name, tensor)`` buckets from its gathered shards.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from rollout.weight_buckets import BucketRef, SharedWeights
+
+DEFAULT_BUCKET_BYTES = 64 * 2**20
+_LAYER = re.compile(r"^(.*?\.layers\.\d+)\.")  # a decoder layer: what a bucket never splits
+
+
+def causal_lm(model):
+    """The transformers causal LM inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def lora_layers(model) -> dict[str, torch.nn.Module]:
+    """``{module name (HF naming): its peft LoRA layer}`` of a peft model (empty for a plain model)."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return {}
+    return {
+        name.removeprefix("base_model.model."): module
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+
+
+def lora_delta(layer) -> torch.Tensor:
+    """``B @ A * scale`` summed over the layer's active adapters."""
+    return sum(layer.get_delta_weight(adapter) for adapter in layer.active_adapters if adapter in layer.lora_A)
+
+
+def _block(module_name: str) -> str:
+    """The block a module sits in (``model.layers.3.self_attn.q_proj`` -> ``model.layers.3.self_attn``)."""
+    return module_name.rsplit(".", 1)[0]
+
+
+@torch.no_grad()
+def engine_tensors(model, changed_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(HF name, tensor)`` of every weight the engine holds, active LoRA deltas merged in (in float32).
+
+    The model is not mutated; a tied ``lm_head`` is left out (the engine ties it too).
+    ``changed_only`` (LoRA): only the blocks holding an adapter; the rest is the frozen base the
+    engine already has.
+    """
+    model_lm = causal_lm(model)
+    tied = bool(getattr(model_lm.config, "tie_word_embeddings", False))
+    adapted = lora_layers(model)
+    changed_blocks = {_block(name) for name in adapted}
+    for name, param in model_lm.named_parameters():
+        if "lora_" in name:
+            continue
+        clean = name.replace(".base_layer.", ".")
+        if tied and clean == "lm_head.weight":
+            continue
+        module_name = clean.rsplit(".", 1)[0]
+        if changed_only and _block(module_name) not in changed_blocks:
+            continue
+        if module_name in adapted and clean.endswith("weight"):
+            yield clean, param.float() + lora_delta(adapted[module_name]).float()
+        else:
+            yield clean, param.detach()
+
+
+def layer_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Group ``(name, tensor)`` pairs into buckets of about ``bucket_bytes`` (as sent: ``nbytes`` of the
+    tensors given), never splitting a decoder layer (the engine processes a layer once all of it is loaded)."""
+    bucket: list[tuple[str, torch.Tensor]] = []
+    size, layer = 0, None
+    for name, tensor in named:
+        match = _LAYER.match(name)
+        this_layer = match.group(1) if match else name
+        if bucket and size >= bucket_bytes and this_layer != layer:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, tensor))
+        size += tensor.numel() * tensor.element_size()
+        layer = this_layer
+    if bucket:
+        yield bucket
+
+
+class WeightSender:
+    """A trainer's weight publisher: one shared file laid out for every engine tensor, written bucket by bucket."""
+
+    def __init__(self, model, dtype: str, bucket_bytes: int = DEFAULT_BUCKET_BYTES):
+        self.dtype, self.bucket_bytes = dtype, bucket_bytes
+        layout = [(name, tuple(tensor.shape)) for name, tensor in engine_tensors(model)]
+        self.shared = SharedWeights(layout, dtype)
+        self.scale = getattr(torch, dtype).itemsize / 4  # buckets are sized as sent, tensors come in float32
+
+    def buckets(self, model, changed_only: bool = False) -> Iterator[BucketRef]:
+        """Write the model's engine tensors bucket by bucket; yield each bucket's ref once it is written."""
+        for bucket in layer_buckets(engine_tensors(model, changed_only), int(self.bucket_bytes / self.scale)):
+            yield self.shared.write(bucket)
+
+    def close(self) -> None:
+        self.shared.close()
