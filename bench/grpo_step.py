@@ -20,6 +20,8 @@ Each side runs in a fresh process (``--side``):
   ``time/<phase>`` metrics from ``metrics.jsonl``.
 
 A step's figure is the median over steps after the first (the first pays warm-up).
+On a machine whose memory others fill, Ray's memory monitor may kill our trainer (it
+watches the whole node): ``RAY_memory_monitor_refresh_ms=0`` turns it off for this run.
 The machine's load (``uptime``) is printed before and after each side; on a shared
 2-core machine rerun when the load is not ~0.
 """

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import random
 import statistics
@@ -32,6 +33,7 @@ sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != Pa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from posttrain.core.models import resolve_model  # noqa: E402
 from posttrain.core.policy import PolicyTrainer, Sequences  # noqa: E402
@@ -60,6 +62,7 @@ def batch(tokenizer, seed: int = 0) -> tuple[Sequences, dict]:
 
 
 def ours_step(trainer: PolicyTrainer, seqs: Sequences, extras: dict) -> float:
+    extras = copy.deepcopy(extras)
     tokens = sum(map(len, seqs.completion_ids))
     loss = GrpoLoss(LossNormalizer("token_mean", tokens, len(seqs), MAX_COMPLETION), correction="tis")
     start = time.perf_counter()
@@ -100,7 +103,7 @@ def trainer_variant(path: str, spec: str) -> PolicyTrainer:
     fields = {"lr": 1e-6, "micro_batch_size": BATCH, "autocast": "bfloat16"}
     for item in filter(None, spec.split(":", 1)[1].split(",") if ":" in spec else []):
         key, value = item.split("=")
-        fields[key] = type(TrainerConfig.model_fields[key].default)(value) if TrainerConfig.model_fields[key].default is not None else value
+        fields[key] = yaml.safe_load(value)  # pydantic checks the type
     return PolicyTrainer(path, TrainerConfig(**fields), seed=0, threads=os.cpu_count())
 
 
@@ -116,19 +119,23 @@ def main() -> None:
     seqs, extras = batch(tokenizer)
     tokens = sum(len(p) + len(c) for p, c in zip(seqs.prompt_ids, seqs.completion_ids))
     print(f"batch: {len(seqs)} sequences, {tokens} tokens ({sum(map(len, seqs.completion_ids))} completion); load {os.getloadavg()}")
-    steps = {}
-    for spec in args.variants:
+    runs = {}
+    for spec in args.variants:  # every variant built first, then run in rounds: load changes hit all alike
         if spec == "trl":
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
-            run = lambda: trl_step(model, optimizer, seqs, extras, tokenizer.pad_token_id or 0)  # noqa: E731
+            runs[spec] = functools.partial(trl_step, model, optimizer, seqs, extras, tokenizer.pad_token_id or 0)
         else:
-            trainer = trainer_variant(path, spec)
-            run = lambda: ours_step(trainer, seqs, copy.deepcopy(extras))  # noqa: E731
-        run()
-        steps[spec] = [run() for _ in range(args.repeats)]
-        print(f"{spec:<40} {statistics.median(steps[spec]):7.2f} s/step  {[round(s, 2) for s in steps[spec]]}  load {os.getloadavg()[0]:.1f}", flush=True)
-
+            runs[spec] = functools.partial(ours_step, trainer_variant(path, spec), seqs, extras)
+        runs[spec]()  # warm-up
+    steps: dict[str, list[float]] = {spec: [] for spec in runs}
+    for _ in range(args.repeats):
+        for spec, run in runs.items():
+            steps[spec].append(run())
+    print(f"load after {os.getloadavg()}")
+    for spec, seconds in steps.items():
+        ratio = statistics.median(seconds) / statistics.median(steps[args.variants[0]])
+        print(f"{spec:<40} {statistics.median(seconds):7.2f} s/step  ({ratio:.2f}x {args.variants[0]})  {[round(x, 2) for x in seconds]}")
 
 if __name__ == "__main__":
     main()

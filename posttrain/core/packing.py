@@ -86,13 +86,14 @@ def packed_layout(seqs, pad_id: int, device: torch.device) -> TokenLayout:
     for index in sorted(range(len(seqs)), key=lambda i: -lengths[i]):
         fit = next((r for r, free in enumerate(room) if free >= lengths[index]), None)
         if fit is None:
-            rows.append([]), room.append(capacity)
+            rows.append([])
+            room.append(capacity)
             fit = len(rows) - 1
         rows[fit].append(index)
         room[fit] -= lengths[index]
     input_ids = torch.full((len(rows), capacity), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), capacity), dtype=torch.long)
-    source_row, source_col = torch.zeros(sum(map(len, seqs.completion_ids)), dtype=torch.long), None
+    source_row = torch.zeros(sum(map(len, seqs.completion_ids)), dtype=torch.long)
     source_col = torch.zeros_like(source_row)
     starts = torch.cumsum(torch.tensor([0] + [len(c) for c in seqs.completion_ids[:-1]]), 0)
     for row, members in enumerate(rows):
