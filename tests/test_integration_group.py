@@ -9,6 +9,7 @@ import time
 import pytest
 import ray
 import torch
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 from posttrain.core.group import start_trainer
 from posttrain.core.policy import PolicyTrainer
@@ -44,3 +45,10 @@ def test_a_two_rank_group_on_ray_updates_as_one_trainer(ray_local, tiny_model_pa
         time.sleep(1)
     else:
         pytest.fail("rank 1 outlived rank 0")
+    _remove_placement_groups()  # the driver owns the group's placement group: free its CPUs for later tests
+
+
+def _remove_placement_groups():
+    for group_id, info in placement_group_table().items():
+        if info["state"] == "CREATED":
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
