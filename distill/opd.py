@@ -38,12 +38,13 @@ def distill_student(recipe: Recipe, student_path: str, run: RunDir) -> dict:
     teachers = [resolve_teacher(t) for t in cfg.teachers]
     actors = start_actors(recipe, student_path)
     router = Router(recipe, teachers, actors.tokenizer)
-    pool = teacher_pool_actor(teachers, cfg.teacher_num_cpus, cfg.teacher_num_gpus, recipe.trainer.micro_batch_size)
+    pool = teacher_pool_actor(teachers, cfg.teacher_num_cpus, cfg.teacher_num_gpus, recipe.trainer.micro_batch_size,
+                              recipe.model.trust_remote_code)
     heads = ray.get(pool.heads.remote())
     ray.get(actors.trainer.install.remote(heads))
     log.info("%d teachers over %d keys, %d distinct output heads", len(teachers), len(router.keys), len(heads.heads_V_H))
     loop = DistillLoop(recipe, actors, pool, router, run)
-    return run_loop(loop, recipe, run, actors, student_path, extra_actors=(pool,))
+    return run_loop(loop, recipe, run, actors, extra_actors=(pool,))
 
 
 @dataclass

@@ -118,7 +118,8 @@ class _Vocab:
 class TeacherPool:
     """Frozen teachers, scored group by group. Meant to live in a Ray actor (``teacher_pool_actor``)."""
 
-    def __init__(self, teachers: list[Teacher], micro_batch_size: int = 16, threads: int | None = None):
+    def __init__(self, teachers: list[Teacher], micro_batch_size: int = 16, threads: int | None = None,
+                 trust_remote_code: bool = False):
         torch.set_num_threads(threads or os.cpu_count() or 1)
         self.teachers = teachers
         self.micro_batch_size = micro_batch_size
@@ -126,9 +127,10 @@ class TeacherPool:
         self._adapted: dict[str, object] = {}  # base path -> peft model holding every adapter over it
         self._full: dict[str, object] = {}  # checkpoint path -> model (offloaded to CPU when idle)
         self._on_device: str | None = None
+        self._trust_remote_code = trust_remote_code  # model.trust_remote_code: the bases may run their own code
         for index, teacher in enumerate(teachers):
             if teacher.base is None:
-                self._full.setdefault(teacher.path, _load_frozen(teacher.path, "cpu"))
+                self._full.setdefault(teacher.path, _load_frozen(teacher.path, "cpu", trust_remote_code))
             else:
                 self._add_adapter(index, teacher)
 
@@ -137,7 +139,7 @@ class TeacherPool:
 
         name = f"t{index}"
         if teacher.base not in self._adapted:
-            base = _load_frozen(teacher.base, self.device)
+            base = _load_frozen(teacher.base, self.device, self._trust_remote_code)
             self._adapted[teacher.base] = PeftModel.from_pretrained(base, teacher.path, adapter_name=name)
         else:
             self._adapted[teacher.base].load_adapter(teacher.path, adapter_name=name)
@@ -211,12 +213,13 @@ class TeacherPool:
         return True
 
 
-def _load_frozen(path: str, device):
+def _load_frozen(path: str, device, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, trust_remote_code=trust_remote_code).to(device)
     return model.requires_grad_(False).eval()
 
 
-def teacher_pool_actor(teachers: list[Teacher], num_cpus: float = 1, num_gpus: float = 0, micro_batch_size: int = 16):
-    return torch_actor(TeacherPool, num_cpus, num_gpus, teachers, micro_batch_size)
+def teacher_pool_actor(teachers: list[Teacher], num_cpus: float = 1, num_gpus: float = 0, micro_batch_size: int = 16,
+                       trust_remote_code: bool = False):
+    return torch_actor(TeacherPool, num_cpus, num_gpus, teachers, micro_batch_size, trust_remote_code=trust_remote_code)

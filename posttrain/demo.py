@@ -65,7 +65,7 @@ def make_teacher(recipe: Recipe, teacher_cfg, steps: int, batch: int, lr: float,
         answers = [reference_answer(p.problem, teacher_cfg.mode, close_tag) for p in prompts]
         metrics = sft_step(trainer, sft_sequences(tokenizer, [p.prompt_ids for p in prompts], answers))
         log.info("%s step %d: nll %.3f", placeholder.name, step, metrics["loss"])
-    return trainer.save(teacher_cfg.path, tokenizer_from=base)
+    return trainer.save(teacher_cfg.path, tokenizer=tokenizer)
 
 
 def main(argv: list[str] | None = None) -> int:

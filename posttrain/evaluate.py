@@ -262,7 +262,7 @@ def evaluate_checkpoint(recipe, checkpoint: str, groups, base: str | None = None
     for task, _ in tasks:
         task.score_by_rewards = score_by_rewards
     task_suites = [(task, task.heldout_suites(names, recipe.eval.num_problems)) for task, names in tasks]
-    with engine_model_dir(checkpoint, base) as model_dir:
+    with engine_model_dir(checkpoint, base, recipe.model.trust_remote_code) as model_dir:
         engine = start_engine(recipe, model_dir)
         tokenizer = load_tokenizer(model_dir, recipe.model)
         try:

@@ -66,12 +66,18 @@ def export_checkpoint(weights: CheckpointWeights, out: Path, adapter: bool = Fal
 
 def default_dtype(spec: str) -> str:
     """The run's ``model.engine_dtype`` (what its eval measured) when ``spec`` belongs to a run, else float32."""
+    engine_dtype = _run_model_setting(spec, "engine_dtype")
+    return engine_dtype if engine_dtype in DTYPES else "float32"
+
+
+def run_trusts_remote_code(spec: str) -> bool:
+    """The run's ``model.trust_remote_code``: its model's own code was allowed when it trained."""
+    return _run_model_setting(spec, "trust_remote_code") is True
+
+
+def _run_model_setting(spec: str, field: str):
     recipe = own_recipe(spec)
-    if recipe is not None:
-        engine_dtype = ((yaml.safe_load(recipe.read_text()) or {}).get("model") or {}).get("engine_dtype")
-        if engine_dtype in DTYPES:
-            return engine_dtype
-    return "float32"
+    return None if recipe is None else ((yaml.safe_load(recipe.read_text()) or {}).get("model") or {}).get(field)
 
 
 def push_to_hub(out: Path, repo: str, private: bool) -> str:
@@ -92,6 +98,8 @@ def add_arguments(parser) -> None:
                         help="weights of the merged model (default: the run's model.engine_dtype, else float32)")
     parser.add_argument("--base", default=None, help="base model of a LoRA checkpoint (default: the adapter's record)")
     parser.add_argument("--base-id", default=None, help="--adapter: base recorded in adapter_config.json (e.g. a hub id)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="the base model needs its own code (default: the run's model.trust_remote_code)")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload the export to this hub model repo")
     parser.add_argument("--private", action="store_true", help="--push-to-hub: create the repo private")
 
@@ -99,7 +107,8 @@ def add_arguments(parser) -> None:
 def run_export_command(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
-        weights = saved_checkpoint(find_checkpoint(args.checkpoint), args.base)
+        trust = args.trust_remote_code or run_trusts_remote_code(args.checkpoint)
+        weights = saved_checkpoint(find_checkpoint(args.checkpoint), args.base, trust)
         dtype = args.dtype or default_dtype(args.checkpoint)
         out = export_checkpoint(weights, args.out, adapter=args.adapter, dtype=dtype, base_id=args.base_id)
     except (FileNotFoundError, FileExistsError, ValueError) as error:

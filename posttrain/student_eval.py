@@ -30,7 +30,7 @@ def evaluate_student(recipe, specialists: dict, checkpoint: str, out_dir: Path) 
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = {name: _domain_cells(recipe, specialist) for name, specialist in specialists.items()}
-    with engine_model_dir(checkpoint) as model_dir:
+    with engine_model_dir(checkpoint, trust_remote_code=recipe.model.trust_remote_code) as model_dir:
         engine = start_engine(recipe, model_dir)
         tokenizer = load_tokenizer(model_dir, recipe.model)
         try:

@@ -114,6 +114,7 @@ class EngineConfig:
     budget_forcing: str = "two_phase"
     think_open: str = "<think>"  # the engine path's reasoning_config: where thinking starts and its close
     think_close: str = "</think>"
+    trust_remote_code: bool = False  # a model whose config needs its own code (validation asks for it explicitly)
 
 
 @dataclass
@@ -160,6 +161,7 @@ class RolloutEngine:
             seed=config.seed,
             enforce_eager=config.enforce_eager,
             tensor_parallel_size=config.tensor_parallel_size,
+            trust_remote_code=config.trust_remote_code,
             worker_extension_cls="rollout.worker_ext.WeightSyncExtension",
             # the log-prob of each sampled token under the distribution it was sampled from
             # (after temperature and top-p), what the trainer's log-probs are compared with;

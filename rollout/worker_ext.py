@@ -13,7 +13,7 @@ import torch
 
 from .weight_buckets import BucketRef, bucket_tensors
 
-RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise", "vllm.model_executor.model_loader.reload.inplace")
 # Per push, vLLM also logs at INFO "Reloading weights inplace...", "Reloading and processing weights
 # took N seconds" and "Successfully reset prefix cache": routine, and the step line already has the
 # push's seconds (time/weight_sync). Dropped by message; any warning of these loggers still shows.
@@ -35,7 +35,8 @@ class WeightSyncExtension:
         named_tensors = list(named_tensors)
         if getattr(self, "_reload_noise", None) is None:
             self._reload_noise = KnownReloadNoise(self.model_runner.model)
-            logging.getLogger(RELOAD_LOGGER).addFilter(self._reload_noise)
+            for name in RELOAD_LOGGERS:
+                logging.getLogger(name).addFilter(self._reload_noise)
             for name, prefixes in ROUTINE_PUSH_INFO.items():
                 logging.getLogger(name).addFilter(RoutineInfo(prefixes))
         self._reload_noise.partial = partial
@@ -111,8 +112,9 @@ class RoutineInfo(logging.Filter):
 class KnownReloadNoise(logging.Filter):
     """Drops ``reload_weights``' "<Layer>: Failed to load weights" for the layers a push never
     carries on purpose: rotary embeddings (a computed cache, no weights) and an output head tied
-    to the embeddings (it shares their storage, so the pushed embeddings are the head). On every
-    weight sync these warnings read like a fault; any other layer's warning still shows."""
+    to the embeddings (it shares their storage, so the pushed embeddings are the head); and, while a
+    bucket loads, the list of the layers outside it. On every weight sync these warnings read like
+    a fault; any other layer's warning still shows."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -124,6 +126,8 @@ class KnownReloadNoise(logging.Filter):
     partial = False  # a bucket is being loaded: the layers it does not carry keep their weights on purpose
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self.partial and str(record.msg).startswith("Following weights were not loaded"):
+            return False  # a bucket's "every other layer was not loaded": by design
         if record.msg != "%s: Failed to load weights" or not record.args:
             return True
         if self.partial:

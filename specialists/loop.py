@@ -56,7 +56,7 @@ def train_specialist(recipe: Recipe, model_path: str, run: RunDir) -> dict:
     task = make_task(recipe.task, seed=recipe.run.seed)
     warm_pool()  # the reward workers' imports, while the engine starts
     actors = start_actors(recipe, model_path)
-    return run_loop(GrpoLoop(recipe, actors, task, run), recipe, run, actors, model_path)
+    return run_loop(GrpoLoop(recipe, actors, task, run), recipe, run, actors)
 
 
 @dataclass

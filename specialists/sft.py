@@ -80,12 +80,13 @@ def train_sft(recipe: Recipe, model_path: str, run: RunDir) -> dict:
     data.batch(0, 1)  # a source without references (or a bad row) fails here, before any actor starts
     actors = start_actors(recipe, model_path)
     loop = SftLoop(recipe, actors, task, run, data)
-    results = run_loop(loop, recipe, run, actors, model_path)
-    results["model"] = final_model_dir(Path(results["checkpoint"]), run.path / "model", model_path)
+    results = run_loop(loop, recipe, run, actors)
+    results["model"] = final_model_dir(Path(results["checkpoint"]), run.path / "model", model_path,
+                                       recipe.model.trust_remote_code)
     return results
 
 
-def final_model_dir(checkpoint: Path, target: Path, base: str) -> str:
+def final_model_dir(checkpoint: Path, target: Path, base: str, trust_remote_code: bool = False) -> str:
     """A full model directory of ``checkpoint``: itself for full fine-tuning, else base + adapter merged
     into ``target`` (written whole, then renamed, so a crash never leaves a half model)."""
     if not (checkpoint / "adapter_config.json").exists():
@@ -93,7 +94,7 @@ def final_model_dir(checkpoint: Path, target: Path, base: str) -> str:
     if not (target / "config.json").exists():
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        merge_adapter(checkpoint, partial, base)
+        merge_adapter(checkpoint, partial, base, trust_remote_code)
         partial.rename(target)
     return str(target.resolve())
 
@@ -118,7 +119,14 @@ class SftLoop:
         return self.recipe.sft.checkpoint_every
 
     def step(self, step: int) -> dict[str, float]:
+        """One optimizer step; ``eval.every`` opens step ``step`` with the eval of the weights after ``step``
+        updates (pushed to the engine first: SFT samples nothing, so the engine holds them only for evals)."""
         cfg, timer = self.recipe.sft, PhaseTimer()
+        every = self.recipe.eval.every
+        if every and step > 0 and step % every == 0:
+            with timer.phase("eval"):
+                self.actors.sync_weights(self.recipe.model.engine_dtype)
+                specialist_eval(self.recipe, self.actors, self.task, self.run, f"step_{step}", step)
         with timer.phase("data"):
             examples = self.data.batch(step, cfg.batch_size)
             seqs = as_sequences(examples)

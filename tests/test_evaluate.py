@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 
 from posttrain.core.checkpoints import adapter_base, engine_model_dir, merge_adapter
 from posttrain.evaluate import (
@@ -112,7 +113,7 @@ def test_lora_checkpoint_merges_into_a_full_model_the_same_as_the_trainer_pushes
         for name, param in trainer.model.named_parameters():
             if "lora_B" in name:
                 param.normal_(std=0.05)
-    checkpoint = trainer.save(str(tmp_path / "run" / "checkpoints" / "step_1"), tokenizer_from=tiny_model_path)
+    checkpoint = trainer.save(str(tmp_path / "run" / "checkpoints" / "step_1"), tokenizer=AutoTokenizer.from_pretrained(tiny_model_path))
     assert adapter_base(Path(checkpoint)) == tiny_model_path
     merged = merge_adapter(Path(checkpoint), tmp_path / "merged")
     assert (merged / "config.json").exists() and (merged / "tokenizer_config.json").exists()

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from posttrain.cli import main
+from posttrain.core.models import load_tokenizer
 from posttrain.core.policy import PolicyTrainer, Sequences
 from posttrain.core.schema import LoraConfig, TrainerConfig
 from posttrain.core.checkpoints import saved_checkpoint
@@ -24,7 +25,7 @@ def trained_run(root, base, lora: bool):
     cfg = TrainerConfig(autocast="none", micro_batch_size=8, lr=5e-2, lora=LoraConfig(r=4, alpha=8) if lora else None)
     trainer = PolicyTrainer(base, cfg, seed=0, threads=1)
     trainer.update(SEQS, GrpoLoss(LossNormalizer("token_mean", 7, 2, 8)), {"advantages": [1.0, -1.0]})
-    trainer.save(str(root / "checkpoints" / "step_1"), base)
+    trainer.save(str(root / "checkpoints" / "step_1"), load_tokenizer(base))
     (root / "recipe.yaml").write_text(yaml.safe_dump({"model": {"path": base, "engine_dtype": "bfloat16"}}))
     return trainer
 

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from posttrain.cli import main
 
@@ -23,7 +24,7 @@ def test_eval_a_lora_checkpoint_then_report_it(tmp_path, ray_local, tiny_model_p
             if "lora_B" in name:
                 param.normal_(std=0.05)
     run = tmp_path / "run"
-    trainer.save(str(run / "checkpoints" / "step_3"), tokenizer_from=tiny_model_path)
+    trainer.save(str(run / "checkpoints" / "step_3"), tokenizer=AutoTokenizer.from_pretrained(tiny_model_path))
     out = tmp_path / "eval-out"
     argv = ["eval", str(run), "--suites", SLICE, "--num-problems", "4", "--output", str(out), *SMALL,
             "eval.pass_k=2", "grpo.max_tokens=16"]

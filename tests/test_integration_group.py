@@ -9,9 +9,9 @@ import time
 import pytest
 import ray
 import torch
-from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+from ray.util.placement_group import placement_group_table
 
-from posttrain.core.group import start_trainer
+from posttrain.core.group import start_trainer, stop_trainer
 from posttrain.core.policy import PolicyTrainer
 from rollout.weight_buckets import bucket_tensors
 from tests.test_group import GRPO_EXTRAS, SEQS, WEIGHT_TOL, _cfg, _grpo_loss
@@ -35,7 +35,7 @@ def test_a_two_rank_group_on_ray_updates_as_one_trainer(ray_local, tiny_model_pa
         torch.testing.assert_close(weights[name], tensor, **WEIGHT_TOL, msg=name)
         torch.testing.assert_close(streamed[name], weights[name], atol=0, rtol=0, msg=name)
 
-    ray.kill(leader)  # the driver kills rank 0 only (run_loop); rank 1 is owned by it and dies too
+    stop_trainer(leader)  # as run_loop does: kills rank 0 (rank 1 is owned by it) and frees the placement group
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -45,10 +45,4 @@ def test_a_two_rank_group_on_ray_updates_as_one_trainer(ray_local, tiny_model_pa
         time.sleep(1)
     else:
         pytest.fail("rank 1 outlived rank 0")
-    _remove_placement_groups()  # the driver owns the group's placement group: free its CPUs for later tests
-
-
-def _remove_placement_groups():
-    for group_id, info in placement_group_table().items():
-        if info["state"] == "CREATED":
-            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
+    assert [info["state"] for info in placement_group_table().values() if info["state"] != "REMOVED"] == []

@@ -53,9 +53,10 @@ class CheckpointWeights:
     tokenizer: str  # directory with the tokenizer and its chat template
     adapter: dict | None
     load: Callable[[], dict[str, torch.Tensor]]
+    trust_remote_code: bool = False  # the base model runs its own code (the run's model.trust_remote_code)
 
 
-def saved_checkpoint(path: str | Path, base: str | None = None) -> CheckpointWeights:
+def saved_checkpoint(path: str | Path, base: str | None = None, trust_remote_code: bool = False) -> CheckpointWeights:
     """The weights of a directory ``PolicyTrainer.save`` wrote: a peft adapter, or full safetensors."""
     path = Path(path)
     if not path.is_dir():
@@ -70,7 +71,7 @@ def saved_checkpoint(path: str | Path, base: str | None = None) -> CheckpointWei
     else:
         raise FileNotFoundError(f"{str(path)!r} holds neither a LoRA adapter (adapter_config.json) nor a model (config.json)")
     tokenizer = str(path) if (path / "tokenizer_config.json").exists() else base_dir
-    return CheckpointWeights(str(path), base_dir, tokenizer, adapter, load)
+    return CheckpointWeights(str(path), base_dir, tokenizer, adapter, load, trust_remote_code)
 
 
 def merged_model(weights: CheckpointWeights, dtype: str):
@@ -78,7 +79,7 @@ def merged_model(weights: CheckpointWeights, dtype: str):
     from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(weights.base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(weights.base, dtype=torch.float32, trust_remote_code=weights.trust_remote_code)
     if weights.adapter is not None:
         peft_model = get_peft_model(model, PeftConfig.from_peft_type(**{**weights.adapter, "inference_mode": True}))
         result = set_peft_model_state_dict(peft_model, weights.load())
@@ -104,20 +105,20 @@ def write_model_dir(weights: CheckpointWeights, out: Path, dtype: str) -> None:
 def save_tokenizer(weights: CheckpointWeights, out: Path) -> None:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(weights.tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(weights.tokenizer, trust_remote_code=weights.trust_remote_code)
     if not tokenizer.chat_template:
         log.warning("%s: the tokenizer has no chat template; tools that format chats will need one", weights.tokenizer)
     tokenizer.save_pretrained(out)
 
 
-def merge_adapter(path: Path, target: Path, base: str | None = None) -> Path:
+def merge_adapter(path: Path, target: Path, base: str | None = None, trust_remote_code: bool = False) -> Path:
     """Write base + LoRA deltas (merged in float32) and a tokenizer to ``target``, a plain HF directory."""
-    write_model_dir(saved_checkpoint(path, base), target, "float32")
+    write_model_dir(saved_checkpoint(path, base, trust_remote_code), target, "float32")
     return target
 
 
 @contextmanager
-def engine_model_dir(spec: str, base: str | None = None):
+def engine_model_dir(spec: str, base: str | None = None, trust_remote_code: bool = False):
     """Yield a full model directory (or hub id) for ``spec``; a merged copy for an adapter checkpoint."""
     path = Path(spec).expanduser()
     if not (path / "adapter_config.json").exists():
@@ -125,6 +126,6 @@ def engine_model_dir(spec: str, base: str | None = None):
         return
     scratch = Path(tempfile.mkdtemp(prefix="posttrain-merged-"))
     try:
-        yield str(merge_adapter(path, scratch / "model", base))
+        yield str(merge_adapter(path, scratch / "model", base, trust_remote_code))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

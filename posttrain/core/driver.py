@@ -23,7 +23,7 @@ import ray
 
 from rollout.engine import EngineConfig, engine_actor
 
-from .group import start_trainer
+from .group import start_trainer, stop_trainer
 from .models import load_tokenizer
 from .placement import check_cluster
 from .resume import eval_once, final_checkpoint, resume_point, run_steps
@@ -67,6 +67,7 @@ def engine_config(recipe: Recipe, model_path: str) -> EngineConfig:
         budget_forcing=recipe.engine.budget_forcing,
         think_open=recipe.thinking_tags.open,
         think_close=recipe.thinking_tags.close,
+        trust_remote_code=recipe.model.trust_remote_code,
     )
 
 
@@ -81,7 +82,7 @@ def start_actors(recipe: Recipe, model_path: str) -> Actors:
     """The engine and the trainer (one actor, or rank 0 of a group of ``trainer.world_size``), ready."""
     check_cluster(recipe, [node["Resources"] for node in ray.nodes() if node.get("Alive")])
     engine = engine_actor(engine_config(recipe, model_path), num_cpus=recipe.engine.num_cpus, num_gpus=recipe.engine.num_gpus)
-    trainer = start_trainer(model_path, recipe.trainer, seed=recipe.run.seed)
+    trainer = start_trainer(model_path, recipe.trainer, seed=recipe.run.seed, trust_remote_code=recipe.model.trust_remote_code)
     engine_node, trainer_node = ray.get([engine.node_id.remote(), trainer.node_id.remote()])
     return Actors(engine, trainer, load_tokenizer(model_path, recipe.model), same_node=engine_node == trainer_node)
 
@@ -103,7 +104,7 @@ class Loop(Protocol):
         """Held-out eval, saved under ``tag`` ("before"/"after"); ``before`` is the earlier report, if any."""
 
 
-def run_loop(loop: Loop, recipe: Recipe, run: RunDir, actors: Actors, model_path: str, extra_actors=()) -> dict:
+def run_loop(loop: Loop, recipe: Recipe, run: RunDir, actors: Actors, extra_actors=()) -> dict:
     """Resume, eval before, steps, final checkpoint, eval after; ``{"before", "after", "checkpoint"}``.
 
     The actors (``extra_actors`` too, e.g. a teacher pool) are stopped at the end, whatever happens.
@@ -113,7 +114,7 @@ def run_loop(loop: Loop, recipe: Recipe, run: RunDir, actors: Actors, model_path
         results: dict = {}
         if recipe.eval.before:
             results["before"] = eval_once(run, "before", start > 0, lambda: loop.evaluate("before", None))
-        save = _saver(actors, run, model_path)
+        save = _saver(actors, run)
         run_steps(loop.name, run, start, loop.steps, loop.step, loop.step_line, loop.checkpoint_every, save)
         results["checkpoint"] = final_checkpoint(run, loop.steps, save)
         if recipe.eval.after:
@@ -121,12 +122,13 @@ def run_loop(loop: Loop, recipe: Recipe, run: RunDir, actors: Actors, model_path
             results["after"] = eval_once(run, "after", start == loop.steps, evaluate)
         return results
     finally:
-        for actor in (actors.engine, actors.trainer, *extra_actors):
+        for actor in (actors.engine, *extra_actors):
             ray.kill(actor)
+        stop_trainer(actors.trainer)
 
 
-def _saver(actors: Actors, run: RunDir, model_path: str) -> Callable[[int], str]:
-    return lambda step: ray.get(actors.trainer.save.remote(str(run.checkpoint_dir(step)), model_path))
+def _saver(actors: Actors, run: RunDir) -> Callable[[int], str]:
+    return lambda step: ray.get(actors.trainer.save.remote(str(run.checkpoint_dir(step)), actors.tokenizer))
 
 
 def phase_line(metrics: dict[str, float]) -> str:

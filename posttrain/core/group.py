@@ -110,13 +110,15 @@ def collective(method):
 class ShardedTrainer(PolicyTrainer):
     """One rank of a trainer group (see the module docstring); rank 0 also starts and drives the others."""
 
-    def __init__(self, model_path: str, trainer_cfg, seed: int, threads: int, rank: int, init_method: str = "", placement=None):
+    def __init__(self, model_path: str, trainer_cfg, seed: int, threads: int, rank: int, init_method: str = "",
+                 placement=None, trust_remote_code: bool = False):
         self.rank, self.world_size = rank, trainer_cfg.world_size
         self.peers = []
         if rank == 0 and not init_method:  # the leader starts the others; the rendezvous is on its node
             init_method = f"tcp://{ray.util.get_node_ip_address()}:{free_port()}"
             self.peers = [
-                rank_actor(trainer_cfg, placement, index, model_path, seed, threads, index, init_method)
+                rank_actor(trainer_cfg, placement, index, model_path, seed, threads, index, init_method,
+                           trust_remote_code=trust_remote_code)
                 for index in range(1, self.world_size)
             ]
         backend = "nccl" if trainer_cfg.num_gpus > 0 else "gloo"
@@ -127,7 +129,7 @@ class ShardedTrainer(PolicyTrainer):
             torch.cuda.set_device(0)  # Ray shows each rank its own GPU only
         self._roots: dict[int, CompletionStatesRoot] = {}
         self._shared: SharedWeights | None = None  # rank 0's weight file, made on the first streamed sync
-        super().__init__(model_path, trainer_cfg, seed, threads)  # same seed on every rank: same LoRA init
+        super().__init__(model_path, trainer_cfg, seed, threads, trust_remote_code)  # same seed: same LoRA init
 
     def run_as_peer(self, name: str, packed) -> None:
         args, kwargs = packed
@@ -152,7 +154,8 @@ class ShardedTrainer(PolicyTrainer):
         if self._ref_model is None and not hasattr(self.model, "disable_adapter"):
             from transformers import AutoModelForCausalLM
 
-            reference = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32).to(self.device)
+            reference = AutoModelForCausalLM.from_pretrained(
+                self.model_path, dtype=torch.float32, trust_remote_code=self.trust_remote_code).to(self.device)
             reference.requires_grad_(False).eval()
             self._ref_model = self._shard(reference)
         return super()._reference_logprobs(seqs)
@@ -238,7 +241,7 @@ class ShardedTrainer(PolicyTrainer):
                 yield self._shared.write(bucket)
 
     @collective
-    def save(self, directory: str, tokenizer_from: str | None = None) -> str:
+    def save(self, directory: str, tokenizer=None) -> str:
         """Sharded: each rank writes its shards into ``<directory>.partial/dcp``; rank 0 adds the trainer state
         and renames the directory when every rank is done."""
         import shutil
@@ -253,10 +256,8 @@ class ShardedTrainer(PolicyTrainer):
         if self.rank == 0:
             state = {"steps": self.steps, "torch_rng": torch.get_rng_state(), "world_size": self.world_size}
             torch.save(state, partial / "trainer_state.pt")
-            if tokenizer_from:
-                from transformers import AutoTokenizer
-
-                AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(partial)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(partial)
         dist.barrier()
         if self.rank == 0:
             shutil.rmtree(path, ignore_errors=True)
@@ -272,7 +273,7 @@ class ShardedTrainer(PolicyTrainer):
         return self._restore_state(torch.load(Path(directory) / "trainer_state.pt", weights_only=False))
 
 
-def rank_actor(trainer_cfg, placement, bundle: int, model_path: str, seed: int, threads: int, *rank_args):
+def rank_actor(trainer_cfg, placement, bundle: int, model_path: str, seed: int, threads: int, *rank_args, **kwargs):
     """Rank ``bundle``'s ``ShardedTrainer`` actor, in that bundle of ``placement`` (None: wherever the caller's
     placement group captures it)."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -284,7 +285,7 @@ def rank_actor(trainer_cfg, placement, bundle: int, model_path: str, seed: int, 
         scheduling_strategy=strategy,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
     )
-    return actor_cls.remote(model_path, trainer_cfg, seed, threads, *rank_args)
+    return actor_cls.remote(model_path, trainer_cfg, seed, threads, *rank_args, **kwargs)
 
 
 def free_port() -> int:
@@ -308,12 +309,31 @@ def rank_placement(trainer_cfg):
     return group
 
 
-def start_trainer(model_path: str, trainer_cfg, seed: int = 0):
+def start_trainer(model_path: str, trainer_cfg, seed: int = 0, trust_remote_code: bool = False):
     """The recipe's trainer as one actor handle: a plain ``PolicyTrainer`` for ``world_size: 1``, else rank 0
     of a group (which starts the other ranks)."""
     if trainer_cfg.world_size == 1:
-        return trainer_actor(model_path, trainer_cfg, seed)
+        return trainer_actor(model_path, trainer_cfg, seed, trust_remote_code)
     placement = rank_placement(trainer_cfg)
     gpus = trainer_cfg.num_gpus > 0
     threads = int(trainer_cfg.num_cpus) if gpus else max(1, (os.cpu_count() or 1) // trainer_cfg.world_size)
-    return rank_actor(trainer_cfg, placement, 0, model_path, seed, threads, 0, "", placement)
+    leader = rank_actor(trainer_cfg, placement, 0, model_path, seed, threads, 0, "", placement,
+                        trust_remote_code=trust_remote_code)
+    if placement is not None:
+        _OWNED_PLACEMENTS[leader] = placement
+    return leader
+
+
+# rank 0's handle -> the placement group ``start_trainer`` reserved for its group (this process owns it:
+# it outlives the actors unless removed, holding their CPUs/GPUs from the stages that follow)
+_OWNED_PLACEMENTS: dict = {}
+
+
+def stop_trainer(trainer) -> None:
+    """Kill a trainer (rank 0 of a group takes its ranks with it) and free the placement group reserved for it."""
+    from ray.util.placement_group import remove_placement_group
+
+    ray.kill(trainer)
+    placement = _OWNED_PLACEMENTS.pop(trainer, None)
+    if placement is not None:
+        remove_placement_group(placement)

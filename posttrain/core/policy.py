@@ -160,7 +160,8 @@ def peak_memory_gib() -> float:
 
 
 class PolicyTrainer:
-    def __init__(self, model_path: str, trainer_cfg, seed: int = 0, threads: int | None = None):
+    def __init__(self, model_path: str, trainer_cfg, seed: int = 0, threads: int | None = None,
+                 trust_remote_code: bool = False):
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(seed)
@@ -171,7 +172,9 @@ class PolicyTrainer:
         # checkpoint users merge onto (peft, `posttrain eval`), so it must be trained over it,
         # and the engine gets base + delta merged in float32, then cast once. (A bfloat16
         # base saved ~10-15% of a CPU step but made the saved adapter another model.)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
+        self.trust_remote_code = trust_remote_code  # model.trust_remote_code: validation refused it unless set
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        model = model.to(self.device)
         self.pad_id = model.config.pad_token_id or 0
         self.logits_path = logits_path(model.config)
         check_logits_path(model, self.logits_path, model_path)
@@ -264,7 +267,8 @@ class PolicyTrainer:
         if self._ref_model is None:
             from transformers import AutoModelForCausalLM
 
-            self._ref_model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+            self._ref_model = AutoModelForCausalLM.from_pretrained(
+                self.model_path, dtype=torch.float32, trust_remote_code=self.trust_remote_code)
             self._ref_model.to(self.device).requires_grad_(False).eval()
         return self.token_logprobs(seqs, model=self._ref_model)
 
@@ -343,8 +347,9 @@ class PolicyTrainer:
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def save(self, directory: str, tokenizer_from: str | None = None) -> str:
-        """Save the model (safetensors, or the peft adapter), optimizer and RNG state.
+    def save(self, directory: str, tokenizer=None) -> str:
+        """Save the model (safetensors, or the peft adapter), optimizer and RNG state, and ``tokenizer`` (the
+        run's, with the recipe's chat template) so that the checkpoint formats prompts as the run did.
 
         Written to ``<directory>.partial`` and renamed when complete, so a crash mid-save
         never leaves a checkpoint that looks whole.
@@ -356,10 +361,8 @@ class PolicyTrainer:
         self.model.save_pretrained(partial)
         state = {"optimizer": self.optimizer.state_dict(), "steps": self.steps, "torch_rng": torch.get_rng_state()}
         torch.save(state, partial / "trainer_state.pt")
-        if tokenizer_from:
-            from transformers import AutoTokenizer
-
-            AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(partial)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(partial)
         shutil.rmtree(path, ignore_errors=True)
         partial.rename(path)
         return str(path)
@@ -450,16 +453,17 @@ def length_sorted_chunks(seqs: Sequences, size: int):
         yield order[start : start + size]
 
 
-def torch_actor(cls, num_cpus: float, num_gpus: float, *args):
-    """``cls(*args, threads)`` as a Ray actor with the resources asked for. On CPU it gets every core's
+def torch_actor(cls, num_cpus: float, num_gpus: float, *args, **kwargs):
+    """``cls(*args, threads, **kwargs)`` as a Ray actor with the resources asked for. On CPU it gets every core's
     thread: Ray pins an actor to ``num_cpus`` threads, and the phases that use torch run one at a time."""
     threads = int(num_cpus) if num_gpus else os.cpu_count()
     actor_cls = ray.remote(cls).options(
         num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}}
     )
-    return actor_cls.remote(*args, threads)
+    return actor_cls.remote(*args, threads, **kwargs)
 
 
-def trainer_actor(model_path: str, trainer_cfg, seed: int = 0):
+def trainer_actor(model_path: str, trainer_cfg, seed: int = 0, trust_remote_code: bool = False):
     """Start a ``PolicyTrainer`` as a Ray actor with the resources the recipe asks for."""
-    return torch_actor(PolicyTrainer, trainer_cfg.num_cpus, trainer_cfg.num_gpus, model_path, trainer_cfg, seed)
+    return torch_actor(PolicyTrainer, trainer_cfg.num_cpus, trainer_cfg.num_gpus, model_path, trainer_cfg, seed,
+                       trust_remote_code=trust_remote_code)
