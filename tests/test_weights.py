@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 import torch
 
 from posttrain.core.policy import PolicyTrainer, engine_state_dict
@@ -87,3 +88,28 @@ def test_shared_file_refuses_an_unknown_tensor(tmp_path):
             raise AssertionError(f"{bad[0][0]} accepted")
     finally:
         shared.close()
+
+
+def test_merged_lora_weights_equal_peft_merge(tiny_model_path):
+    """The fused addmm merge gives what peft's merge_and_unload gives; a DoRA adapter (not a sum) is refused."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    def adapted(dora: bool):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+        peft_model = get_peft_model(model, PeftLoraConfig(r=4, lora_alpha=8, target_modules="all-linear", use_dora=dora))
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for name, param in peft_model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(std=0.1)
+        return peft_model
+
+    peft_model = adapted(dora=False)
+    ours = dict(engine_tensors(peft_model))
+    merged = peft_model.merge_and_unload().state_dict()
+    for name, tensor in ours.items():
+        torch.testing.assert_close(tensor, merged[name], atol=1e-6, rtol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="DoRA"):
+        dict(engine_tensors(adapted(dora=True)))

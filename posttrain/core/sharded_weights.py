@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch.distributed.fsdp import FSDPModule
 
-from .weights import causal_lm, lora_delta, lora_layers
+from .weights import causal_lm, lora_layers, merged_weight
 
 
 @contextmanager
@@ -75,6 +75,6 @@ def sharded_engine_tensors(model, dtype: str, root, changed_only: bool = False) 
                 clean, value = wanted[name], model_lm.get_parameter(name)
                 module_name = clean.rsplit(".", 1)[0]
                 if module_name in adapted and clean.endswith("weight"):
-                    value = value.float() + lora_delta(adapted[module_name]).float()
+                    value = merged_weight(value, adapted[module_name])
                 # a copy: FSDP frees the unsharded buffer at reshard
                 yield clean, value.detach().to("cpu", target, copy=True).contiguous()

@@ -47,9 +47,27 @@ def lora_layers(model) -> dict[str, torch.nn.Module]:
     }
 
 
-def lora_delta(layer) -> torch.Tensor:
-    """``B @ A * scale`` summed over the layer's active adapters."""
-    return sum(layer.get_delta_weight(adapter) for adapter in layer.active_adapters if adapter in layer.lora_A)
+def merged_weight(weight: torch.Tensor, layer) -> torch.Tensor:
+    """``weight + B @ A * scale`` over the layer's active adapters, in float32, ``weight`` untouched.
+
+    A plain linear adapter is one fused ``addmm`` (one allocation, no separate delta); others
+    (``fan_in_fan_out``, embeddings, convolutions) take peft's own ``get_delta_weight``. DoRA rescales
+    the merged weight, not a sum: refused (the recipe's ``trainer.lora`` never builds it).
+    """
+    merged = weight.float()
+    for adapter in layer.active_adapters:
+        if adapter not in layer.lora_A:
+            continue
+        if layer.use_dora.get(adapter, False):
+            raise ValueError(f"adapter {adapter!r} is DoRA: its merged weight is not base + delta (not supported)")
+        lora_a, lora_b = layer.lora_A[adapter], layer.lora_B[adapter]
+        plain = (isinstance(lora_a, torch.nn.Linear) and isinstance(lora_b, torch.nn.Linear)
+                 and not getattr(layer, "fan_in_fan_out", False))
+        if plain:
+            merged = torch.addmm(merged, lora_b.weight.float(), lora_a.weight.float(), alpha=layer.scaling[adapter])
+        else:
+            merged = merged + layer.get_delta_weight(adapter).float()
+    return merged
 
 
 def _block(module_name: str) -> str:
@@ -79,7 +97,7 @@ def engine_tensors(model, changed_only: bool = False) -> Iterator[tuple[str, tor
         if changed_only and _block(module_name) not in changed_blocks:
             continue
         if module_name in adapted and clean.endswith("weight"):
-            yield clean, param.float() + lora_delta(adapted[module_name]).float()
+            yield clean, merged_weight(param, adapted[module_name])
         else:
             yield clean, param.detach()
 
