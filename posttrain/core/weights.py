@@ -25,7 +25,7 @@ import torch
 
 from rollout.weight_buckets import BucketRef, SharedWeights
 
-DEFAULT_BUCKET_BYTES = 64 * 2**20
+DEFAULT_BUCKET_BYTES = 256 * 2**20
 _LAYER = re.compile(r"^(.*?\.layers\.\d+)\.")  # a decoder layer: what a bucket never splits
 
 
