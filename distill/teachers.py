@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from posttrain.core.models import resolve_model
+from rollout.priority import restore_priority
 from .objective import TeacherHeads
 from posttrain.core.policy import Sequences, causal_lm, engine_state_dict, length_sorted_chunks, pack_sequences, torch_actor
 
@@ -120,6 +121,8 @@ class TeacherPool:
 
     def __init__(self, teachers: list[Teacher], micro_batch_size: int = 16, threads: int | None = None,
                  trust_remote_code: bool = False):
+        if not torch.cuda.is_available():
+            restore_priority()  # before torch starts its threads: they inherit it
         torch.set_num_threads(threads or os.cpu_count() or 1)
         self.teachers = teachers
         self.micro_batch_size = micro_batch_size

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .budget import engine_budget_params, prompt_thinking_offset, split_thinking
+from .priority import restore_priority
 from .worker_ext import quiet_requested_cast
 
 CPU_BLOCK_SIZE = 32  # the smallest the CPU attention backend takes (multiples of 32)
@@ -136,7 +137,7 @@ class RolloutEngine:
         if not torch.cuda.is_available():
             for key, value in cpu_engine_env().items():
                 os.environ.setdefault(key, value)
-            _restore_priority()
+            restore_priority()
         from vllm import LLM
 
         self.config = config
@@ -361,21 +362,6 @@ class RolloutEngine:
     def max_model_len(self) -> int:
         """The context window (a multi-turn rollout keeps prompt + trajectory within it)."""
         return self.config.max_model_len
-
-
-def _restore_priority() -> None:
-    """Undo Ray's worker niceness (15) for this thread and the threads it starts.
-
-    On CPU the engine's OpenMP threads decode in lock-step; at nice 15 every
-    wake-up of a Ray daemon (raylet, GCS, dashboard) preempts one of them and
-    stalls the whole batch. Lowering niceness needs privileges; without them we
-    keep Ray's setting.
-    """
-    try:
-        if os.getpriority(os.PRIO_PROCESS, 0) > 0:
-            os.setpriority(os.PRIO_PROCESS, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _first_phase_params(spec: SamplingSpec):

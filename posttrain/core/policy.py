@@ -23,6 +23,8 @@ import ray
 import torch
 import torch.utils.checkpoint
 
+from rollout.priority import restore_priority
+
 from .logits import LogitsPath, check_logits_path, logits_path
 from .sharded_checkpoint import is_sharded, load_sharded
 from .packing import TokenLayout, packed_layout, padded_layout, supports_packing
@@ -165,9 +167,11 @@ class PolicyTrainer:
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(seed)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            restore_priority()  # before torch starts its threads: they inherit it
         torch.set_num_threads(threads or os.cpu_count() or 1)  # Ray pins actors to 1 thread otherwise
         self.cfg = trainer_cfg
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # The base stays float32 under LoRA too: the adapter is saved against the float32
         # checkpoint users merge onto (peft, `posttrain eval`), so it must be trained over it,
         # and the engine gets base + delta merged in float32, then cast once. (A bfloat16
