@@ -39,9 +39,23 @@ def budget_sweep_figure(sweeps: dict[str, dict], size: tuple[float, float] = (10
     return figure
 
 
+# A run with SFT first keeps SFT's evals as ``base`` (before SFT) and ``before`` (after SFT, where GRPO starts)
+SFT_RUN_LABELS = {"base": "before SFT", "before": "after SFT", "after": "after GRPO"}
+
+
+def sweep_order(tag: str) -> tuple[int, int]:
+    """Chronological: base, before, step_N in step order, after."""
+    if tag.startswith("step_") and tag[5:].isdigit():
+        return 2, int(tag[5:])
+    return {"base": 0, "before": 1, "after": 3}.get(tag, 4), 0
+
+
 def plot_budget_sweeps(paths: list[Path], target: Path) -> Path:
-    """The figure of the saved ``<tag>_budget_sweep.json`` files, written to ``target`` (PNG)."""
-    sweeps = {Path(p).stem.removesuffix("_budget_sweep"): json.loads(Path(p).read_text()) for p in paths}
+    """The figure of the saved ``<tag>_budget_sweep.json`` files, written to ``target`` (PNG), in the order the
+    evals ran; a run that began with SFT labels them ``before SFT`` / ``after SFT`` / ``after GRPO``."""
+    tagged = {Path(p).stem.removesuffix("_budget_sweep"): Path(p) for p in paths}
+    labels = SFT_RUN_LABELS if "base" in tagged else {}
+    sweeps = {labels.get(tag, tag): json.loads(tagged[tag].read_text()) for tag in sorted(tagged, key=sweep_order)}
     figure = budget_sweep_figure(sweeps)
     figure.savefig(target, dpi=100)
     pyplot().close(figure)
