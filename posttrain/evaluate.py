@@ -32,11 +32,10 @@ import sys
 import time
 from pathlib import Path
 
-import ray
 import yaml
 
 from .core.checkpoints import engine_model_dir
-from .core.driver import start_engine
+from .core.driver import start_engine, stop_engines
 from .core.evaluation import budget_sweep, cells_for, evaluate_cells
 from .core.models import load_tokenizer
 from .core.modes import sweep_mode_name
@@ -274,7 +273,7 @@ def evaluate_checkpoint(recipe, checkpoint: str, groups, base: str | None = None
                                      recipe.thinking_tags)
                 sweeps[""] = {"mode": name, **sweep}
         finally:
-            ray.kill(engine)
+            stop_engines(engine)
     return report, sweeps
 
 

@@ -12,10 +12,8 @@ import json
 import logging
 from pathlib import Path
 
-import ray
-
 from .core.checkpoints import engine_model_dir
-from .core.driver import start_engine
+from .core.driver import start_engine, stop_engines
 from .core.evaluation import cells_for, report_of, score_cells
 from .core.models import load_tokenizer
 from .core.tasks import make_task
@@ -37,7 +35,7 @@ def evaluate_student(recipe, specialists: dict, checkpoint: str, out_dir: Path) 
             flat = [cell for domain_cells in cells.values() for cell in domain_cells]
             results = iter(score_cells(engine, tokenizer, flat, recipe.thinking_tags))
         finally:
-            ray.kill(engine)
+            stop_engines(engine)
     table, reports = [], {}
     for name, specialist in specialists.items():
         report = report_of([next(results) for _ in cells[name]])

@@ -33,13 +33,15 @@ def prompt_thinking_offset(prompt: list[int], open_ids: list[int]) -> int:
     return 0
 
 
-def engine_budget_params(spec, offset: int):
-    """One request of ``spec.n`` samples whose thinking vLLM cuts at ``spec.thinking_budget`` sampled tokens."""
+def engine_budget_params(spec, offset: int, seed: int):
+    """One request of ``spec.n`` samples whose thinking vLLM cuts at ``spec.thinking_budget`` sampled tokens
+    (sample k seeded ``seed + k`` by vLLM)."""
     from vllm import SamplingParams
 
     return SamplingParams(
         n=spec.n, temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_tokens,
         stop=list(spec.stop) or None, logprobs=0, thinking_token_budget=max(spec.thinking_budget + offset - VLLM_EXTRA, 0),
+        seed=seed,
     )
 
 

@@ -10,6 +10,10 @@ soon as it does, its answer request (prompt + thinking + close tag, the tag
 forced if the model did not write it) joins the running batch with the rest of
 the mode's token allowance. Prefix caching serves the re-prefill.
 
+Every request is seeded (``rollout/seeds.py``): a completion depends on the weights,
+the prompt, the step seed (``reseed``), the prompt's seed key and its sample index,
+not on the batch it ran in, so replicas (``rollout/engine_pool.py``) sample alike.
+
 It must not know about rewards, training or recipes.
 """
 
@@ -25,6 +29,7 @@ import torch
 
 from .budget import engine_budget_params, prompt_thinking_offset, split_thinking
 from .priority import restore_priority
+from .seeds import cpu_scheduler_args, request_seed, sampling_seed  # noqa: F401 - the loops import sampling_seed from here
 from .worker_ext import quiet_requested_cast
 
 CPU_BLOCK_SIZE = 32  # the smallest the CPU attention backend takes (multiples of 32)
@@ -48,6 +53,12 @@ class SamplingSpec:
     # a JSON schema (as a JSON string) the answer must satisfy: vLLM structured outputs (xgrammar) constrain
     # the answer phase only, thinking stays free; e.g. a tool call (``rollout.tools.call_json_schema``)
     json_schema: str | None = None
+    # which prompt of the step this is, for its samples' seeds (``rollout/seeds.py``); None: (submit call since
+    # the reseed, position in the call). A multi-turn turn names its episode and turn.
+    seed_key: tuple[int, ...] | None = None
+    # prompts with one affinity key are served by one engine replica (a multi-turn episode's turns reuse its
+    # KV/prefix cache); None: placed by load. One engine serves everything anyway.
+    affinity: int | None = None
 
 
 @dataclass
@@ -126,6 +137,7 @@ class _Ticket:
     prompt: list[int]
     spec: SamplingSpec
     forced_ids: list[int] | None  # the close tag forced at the thinking budget
+    seed_key: tuple[int, ...]  # with the step seed, every request's seed (``rollout/seeds.py``)
     done: dict[int, Completion] = field(default_factory=dict)
     running: int = 0  # its requests in the engine
 
@@ -146,6 +158,7 @@ class RolloutEngine:
             extra["gpu_memory_utilization"] = config.gpu_memory_utilization
         else:
             extra["kv_cache_memory_bytes"] = int(config.kv_cache_gib * 2**30)
+            extra |= cpu_scheduler_args(config.max_model_len)  # seeded requests need whole prefills on CPU
         block_size = config.block_size or (None if torch.cuda.is_available() else CPU_BLOCK_SIZE)
         if block_size:
             extra["block_size"] = block_size
@@ -178,6 +191,7 @@ class RolloutEngine:
         self._finished: dict[int, list[Completion]] = {}  # done, not yet returned
         self._close_ids: dict[str, list[int]] = {}  # think_close -> the ids forced at a budget
         self._in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+        self._step_seed, self._calls = config.seed, 0  # reseed's seed; submit calls since (default seed keys)
 
     def generate(
         self, prompts: list[list[int]], spec: SamplingSpec | list[SamplingSpec], use_tqdm: bool = False
@@ -205,20 +219,24 @@ class RolloutEngine:
         specs = [spec] * len(prompts) if isinstance(spec, SamplingSpec) else list(spec)
         if len(specs) != len(prompts):
             raise ValueError(f"{len(specs)} sampling specs for {len(prompts)} prompts")
-        tickets = []
+        tickets, call = [], self._calls
+        self._calls += 1
         try:
             for index, (ids, one) in enumerate(zip(prompts, specs)):
                 forced = self._forced_close_ids(one) if one.thinking_budget is not None else None
                 tickets.append(ticket := next(self._tickets))
-                self._open[ticket] = _Ticket(index, ids, one, forced)
+                self._open[ticket] = state = _Ticket(index, ids, one, forced, one.seed_key if one.seed_key is not None else (call, index))
+                seed = request_seed(self._step_seed, state.seed_key, "sample")
                 if self._engine_budget(one):  # one request, vLLM forces the close tag itself
                     offset = prompt_thinking_offset(ids, self._open_ids())
-                    self._add_request({"prompt_token_ids": ids}, engine_budget_params(one, offset), ("budget", ticket, 0))
+                    params = engine_budget_params(one, offset, seed)
+                    self._add_request({"prompt_token_ids": ids}, params, ("budget", ticket, 0))
                     continue
                 slots = range(one.n) if one.thinking_budget is not None else [None]
-                for slot in slots:  # thinking samples are requests of their own
+                for slot in slots:  # thinking samples are requests of their own (seeded as vLLM seeds n > 1)
                     phase = "think" if slot is not None else "plain"
-                    self._add_request({"prompt_token_ids": ids}, _first_phase_params(one), (phase, ticket, slot or 0))
+                    params = _first_phase_params(one, seed + (slot or 0))
+                    self._add_request({"prompt_token_ids": ids}, params, (phase, ticket, slot or 0))
         except Exception:  # e.g. a prompt longer than the context: the call's earlier requests go too
             self._abort(set(tickets))
             raise
@@ -258,7 +276,8 @@ class RolloutEngine:
                     split_thinking(completion, state.spec.thinking_budget, self._engine_close_ids(), state.spec.think_close, self.tokenizer)
             elif phase == "think":
                 state.done[slot] = completion = _completion(state.index, output.outputs[0])
-                answer_params = self._close_thinking(completion, output.outputs[0], state.spec, state.forced_ids)
+                answer_seed = request_seed(self._step_seed, state.seed_key, "answer") + slot
+                answer_params = self._close_thinking(completion, output.outputs[0], state.spec, state.forced_ids, answer_seed)
                 request = {"prompt_token_ids": state.prompt + completion.token_ids}
                 self._add_request(request, answer_params, ("answer", ticket, slot))
             else:
@@ -300,7 +319,7 @@ class RolloutEngine:
             )
         return ids
 
-    def _close_thinking(self, completion: Completion, sample, spec: SamplingSpec, close: list[int]):
+    def _close_thinking(self, completion: Completion, sample, spec: SamplingSpec, close: list[int], seed: int):
         """End a finished thinking phase (forcing the close tag unless the model wrote it); the answer's params."""
         if sample.stop_reason == spec.think_close:
             completion.thinking_tokens = len(completion.token_ids)
@@ -313,7 +332,7 @@ class RolloutEngine:
             completion.logprobs += [0.0] * len(close)
             completion.text += self.tokenizer.decode(close)
             completion.forced_close = True
-        return _answer_params(spec, spec.max_tokens - len(completion.token_ids))
+        return _answer_params(spec, spec.max_tokens - len(completion.token_ids), seed)
 
     def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> float:
         """Load new weights into the live engine in place; returns seconds taken."""
@@ -347,14 +366,9 @@ class RolloutEngine:
         return ray.get_runtime_context().get_node_id()
 
     def reseed(self, seed: int) -> None:
-        """Restart the sampler's random stream at ``seed`` (see ``sampling_seed``).
-
-        Not per-request ``SamplingParams(seed=...)``: vLLM rolls a request's generator back
-        after a partial-prefill step (``gen.set_offset``), which a CPU generator refuses
-        ("CPU Generator does not use offset"). Requests without a seed draw from the
-        worker's global torch generator, which this resets in every worker.
-        """
-        self.llm.collective_rpc("reseed_sampler", args=(seed,))
+        """Start a step: every request from now on is seeded from ``seed`` (``sampling_seed(run seed, step)``)
+        and its prompt's seed key (``rollout/seeds.py``), so what it samples depends on nothing else."""
+        self._step_seed, self._calls = seed, 0
 
     def ready(self) -> bool:
         return True
@@ -364,7 +378,7 @@ class RolloutEngine:
         return self.config.max_model_len
 
 
-def _first_phase_params(spec: SamplingSpec):
+def _first_phase_params(spec: SamplingSpec, seed: int):
     """A thinking sample's first phase stops at its close tag or budget; any other sample runs to the end."""
     from vllm import SamplingParams
 
@@ -378,15 +392,16 @@ def _first_phase_params(spec: SamplingSpec):
         include_stop_str_in_output=spec.thinking_budget is not None,
         logprobs=0,  # the sampled token's log-prob only
         structured_outputs=_structured(spec) if spec.thinking_budget is None else None,
+        seed=seed,  # with n > 1 vLLM seeds sample k with seed + k
     )
 
 
-def _answer_params(spec: SamplingSpec, max_tokens: int):
+def _answer_params(spec: SamplingSpec, max_tokens: int, seed: int):
     from vllm import SamplingParams
 
     return SamplingParams(
         n=1, temperature=spec.temperature, top_p=spec.top_p, max_tokens=max_tokens,
-        stop=list(spec.stop) or None, logprobs=0, structured_outputs=_structured(spec),
+        stop=list(spec.stop) or None, logprobs=0, structured_outputs=_structured(spec), seed=seed,
     )
 
 
@@ -429,12 +444,6 @@ def _sampled_logprobs(sample) -> list[float]:
     if not sample.logprobs:
         return [0.0] * len(sample.token_ids)
     return [step[token].logprob for token, step in zip(sample.token_ids, sample.logprobs)]
-
-
-def sampling_seed(run_seed: int, step: int) -> int:
-    """The sampler seed of a step: a pure function of (run seed, step), so a resumed run
-    samples step k as the uninterrupted run did (same weights, same prompts, same stream)."""
-    return (run_seed * 1_000_003 + step * 7_919 + 17) % (2**31 - 1)
 
 
 def cpu_engine_env(threads: int | None = None) -> dict[str, str]:

@@ -40,6 +40,7 @@ from typing import Protocol
 from .calls import parse_calls
 from .engine import Completion, GenerateResult, SamplingSpec
 from .environments import ERROR_KINDS, Environment
+from .seeds import prompt_digest
 from .tools import call_json_schema
 
 MIN_ANSWER_TOKENS = 16  # a thinking turn keeps this much room for its close tag and answer (as modes do)
@@ -118,6 +119,7 @@ class ChatDeltas:
 @dataclass
 class _Episode:
     index: int  # the prompt's index
+    ordinal: int  # the episode's place in the rollout (prompt-major)
     env: Environment
     prompt: list[int]
     spec: SamplingSpec
@@ -134,7 +136,8 @@ class _Episode:
 
 
 class TurnEngine(Protocol):
-    """What a multi-turn rollout needs of an engine: ``RolloutEngine``, or ``EngineClient`` for a Ray actor."""
+    """What a multi-turn rollout needs of an engine: ``RolloutEngine``, or ``engine_pool.engine_client(handle)``
+    for a Ray actor (``EngineClient``) or an ``EnginePool`` of replicas (``PoolClient``)."""
 
     def submit(self, prompts: list[list[int]], specs: list[SamplingSpec]) -> list[int]: ...
 
@@ -161,7 +164,7 @@ def multiturn_rollout(
         for _ in range(spec.n):
             env = make_env(index)
             turns = min(config.max_turns, env.max_turns)
-            episodes.append(_Episode(index, env, prompt, spec, chat.prefill(prompt), turns))
+            episodes.append(_Episode(index, len(episodes), env, prompt, spec, chat.prefill(prompt), turns))
     in_flight: dict[int, _Episode] = {}  # ticket -> the episode whose turn it samples
     submits = _submit_turns(engine, episodes, config, in_flight)
     while in_flight:
@@ -199,16 +202,22 @@ def _submit_turns(engine: TurnEngine, episodes: list[_Episode], config: MultiTur
 
 
 def _turn_spec(episode: _Episode, config: MultiTurnConfig) -> SamplingSpec | None:
-    """This turn's allowance: what is left of the mode's ``max_tokens`` and of the context window."""
+    """This turn's allowance: what is left of the mode's ``max_tokens`` and of the context window.
+
+    Its seed key is (prompt, episode, turn), never the order turns happened to be submitted in, and its
+    affinity the prompt: an episode (and its prompt's other episodes) stays on one engine replica.
+    """
     used = len(episode.out.token_ids)
     room = min(episode.spec.max_tokens - used, config.max_context - len(episode.prompt) - used)
     if room < config.min_turn_tokens:
         return None
     schema = episode.call_schema if episode.out.turns == 0 else None
+    turn = replace(episode.spec, n=1, max_tokens=room, json_schema=schema, affinity=episode.index,
+                   seed_key=(prompt_digest(episode.prompt), episode.ordinal, episode.out.turns))
     if episode.spec.thinking_budget is None:
-        return replace(episode.spec, n=1, max_tokens=room, json_schema=schema)
+        return turn
     budget = min(episode.spec.thinking_budget, room - MIN_ANSWER_TOKENS)
-    return replace(episode.spec, n=1, max_tokens=room, thinking_budget=budget, json_schema=schema) if budget > 0 else None
+    return replace(turn, thinking_budget=budget) if budget > 0 else None
 
 
 def _absorb(episode: _Episode, turn: Completion, chat: ChatDeltas, config: MultiTurnConfig) -> None:

@@ -59,18 +59,6 @@ class WeightSyncExtension:
         # re-processed (CPU repacking) as soon as its bucket is in, and the others keep theirs.
         return self.load_pushed_weights(bucket_tensors(ref), partial=True)
 
-    def reseed_sampler(self, seed: int) -> None:
-        # Unseeded requests draw their sampling noise from the worker's global torch
-        # generator (CPU: one randint per row per step; GPU: the device generator), so
-        # resetting it before a step makes that step's samples a function of the seed.
-        import random
-
-        import numpy as np
-
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-
 
 LOAD_CAST_LOGGER = "vllm.model_executor.models.utils"
 

@@ -24,7 +24,7 @@ from posttrain.core.schema import Source
 from posttrain.core.tasks import Problem, Task, context_system, register_task
 from rewards import Sample
 from rollout.calls import calls_match
-from rollout.engine import EngineClient
+from rollout.engine_pool import engine_client
 from rollout.environments import Environment, environment_class, make_environment
 from rollout.multiturn import MultiTurnConfig, multiturn_rollout
 
@@ -173,7 +173,7 @@ class AgentTask(Task):
 
         max_context = ray.get(engine.max_model_len.remote())
         return multiturn_rollout(
-            EngineClient(engine),
+            engine_client(engine),
             tokenizer,
             prompts,
             specs,

@@ -49,3 +49,13 @@ def test_a_cluster_too_small_fails_at_start_naming_roles_and_sizes(tmp_path):
         check_cluster(recipe, [node])
     with pytest.raises(PlacementError, match=r"engine: one engine needs \{'CPU': 1, 'GPU': 2\}; no node offers it"):
         check_cluster(recipe.model_copy(update={"engine": recipe.engine.model_copy(update={"num_gpus": 2})}), [{"CPU": 4, "GPU": 1}] * 4)
+
+
+def test_engine_replicas_count_in_the_stage_and_the_cluster_check(tmp_path):
+    recipe = _recipe(tmp_path, engine={"replicas": 3, "num_gpus": 2, "tensor_parallel_size": 2, "num_cpus": 2},
+                     trainer={"num_gpus": 1})
+    assert stage_resources(recipe) == {"CPU": 3 * 2 + 1, "GPU": 3 * 2 + 1}
+    check_cluster(recipe, [{"CPU": 8.0, "GPU": 8.0}])
+    with pytest.raises(PlacementError, match=r"needs 7 GPU \(3 engine x \{'CPU': 2.0, 'GPU': 2.0\}"):
+        check_cluster(recipe, [{"CPU": 8.0, "GPU": 6.0}])
+    assert "engine.replicas: Input should be greater than or equal to 1" in _error(tmp_path, engine={"replicas": 0})

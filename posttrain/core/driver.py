@@ -22,6 +22,7 @@ from typing import Protocol
 import ray
 
 from rollout.engine import EngineConfig, engine_actor
+from rollout.engine_pool import EnginePool, engine_handles, stop_engines
 
 from .group import start_trainer, stop_trainer
 from .models import load_tokenizer
@@ -35,17 +36,19 @@ log = logging.getLogger("posttrain.driver")
 
 @dataclass
 class Actors:
-    """The student's engine (vLLM) and trainer actors, and its tokenizer (on the driver)."""
+    """The student's engine (vLLM) and trainer actors, and its tokenizer (on the driver). ``engine`` is the
+    engine actor, or with ``engine.replicas > 1`` an ``EnginePool`` taking the same calls."""
 
-    engine: ray.actor.ActorHandle
+    engine: ray.actor.ActorHandle | EnginePool
     trainer: ray.actor.ActorHandle
     tokenizer: object
-    same_node: bool = True  # engine and trainer share /dev/shm
+    same_node: bool = True  # every engine shares /dev/shm with the trainer
 
     def sync_weights(self, dtype: str, full: bool = False) -> None:
-        """Trainer -> engine, loaded in place. On one node the weights stream in buckets through shared
-        memory (``posttrain/core/weights.py``; with LoRA only what changed, unless ``full``); across
-        nodes the whole state dict travels as a Ray object."""
+        """Trainer -> engine(s), loaded in place. On one node the weights stream in buckets through shared
+        memory (``posttrain/core/weights.py``; with LoRA only what changed, unless ``full``), each bucket
+        loaded by every replica; when an engine is on another node the whole state dict travels as one
+        Ray object to every replica."""
         if not self.same_node:
             ray.get(self.engine.update_weights.remote(self.trainer.engine_weights.remote(dtype)))
             return
@@ -71,20 +74,29 @@ def engine_config(recipe: Recipe, model_path: str) -> EngineConfig:
     )
 
 
+def launch_engines(recipe: Recipe, model_path: str):
+    """``engine.replicas`` engine actors on ``model_path``: the actor itself for one, else an ``EnginePool``."""
+    config = engine_config(recipe, model_path)
+    cfg = recipe.engine
+    replicas = [engine_actor(config, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus) for _ in range(cfg.replicas)]
+    return replicas[0] if len(replicas) == 1 else EnginePool(replicas)
+
+
 def start_engine(recipe: Recipe, model_path: str):
-    """An engine actor on ``model_path`` (e.g. a checkpoint to evaluate), waited for until ready."""
-    engine = engine_actor(engine_config(recipe, model_path), num_cpus=recipe.engine.num_cpus, num_gpus=recipe.engine.num_gpus)
+    """The engine(s) on ``model_path`` (e.g. a checkpoint to evaluate), waited for until ready; ``stop_engines``."""
+    engine = launch_engines(recipe, model_path)
     ray.get(engine.ready.remote())
     return engine
 
 
 def start_actors(recipe: Recipe, model_path: str) -> Actors:
-    """The engine and the trainer (one actor, or rank 0 of a group of ``trainer.world_size``), ready."""
+    """The engine(s) and the trainer (one actor, or rank 0 of a group of ``trainer.world_size``), ready."""
     check_cluster(recipe, [node["Resources"] for node in ray.nodes() if node.get("Alive")])
-    engine = engine_actor(engine_config(recipe, model_path), num_cpus=recipe.engine.num_cpus, num_gpus=recipe.engine.num_gpus)
+    engine = launch_engines(recipe, model_path)
     trainer = start_trainer(model_path, recipe.trainer, seed=recipe.run.seed, trust_remote_code=recipe.model.trust_remote_code)
-    engine_node, trainer_node = ray.get([engine.node_id.remote(), trainer.node_id.remote()])
-    return Actors(engine, trainer, load_tokenizer(model_path, recipe.model), same_node=engine_node == trainer_node)
+    *engine_nodes, trainer_node = ray.get([*(e.node_id.remote() for e in engine_handles(engine)), trainer.node_id.remote()])
+    same_node = all(node == trainer_node for node in engine_nodes)
+    return Actors(engine, trainer, load_tokenizer(model_path, recipe.model), same_node=same_node)
 
 
 class Loop(Protocol):
@@ -122,7 +134,8 @@ def run_loop(loop: Loop, recipe: Recipe, run: RunDir, actors: Actors, extra_acto
             results["after"] = eval_once(run, "after", start == loop.steps, evaluate)
         return results
     finally:
-        for actor in (actors.engine, *extra_actors):
+        stop_engines(actors.engine)
+        for actor in extra_actors:
             ray.kill(actor)
         stop_trainer(actors.trainer)
 

@@ -1,7 +1,7 @@
 """Where a recipe's actors go: resources per role, checked before any work starts.
 
 A recipe names resources per role -- ``trainer.num_cpus/num_gpus`` per trainer rank (times
-``trainer.world_size``), ``engine.num_cpus/num_gpus`` per engine, ``distill.teacher_num_*``
+``trainer.world_size``), ``engine.num_cpus/num_gpus`` per engine (times ``engine.replicas``), ``distill.teacher_num_*``
 for the teacher pool. ``check_placement`` refuses at validation what no cluster could run
 (a fractional GPU above 1, two NCCL ranks sharing a GPU, a tensor-parallel engine without
 its GPUs), naming the field and the sizes; ``check_cluster`` refuses at start what the
@@ -31,7 +31,7 @@ class Role:
 
 def roles(recipe: Recipe, trainer: bool = True) -> list[Role]:
     """The actors a stage of ``recipe`` starts (``trainer=False``: an eval, the engine only)."""
-    found = [Role("engine", "engine", 1, recipe.engine.num_cpus, recipe.engine.num_gpus)]
+    found = [Role("engine", "engine", recipe.engine.replicas, recipe.engine.num_cpus, recipe.engine.num_gpus)]
     if trainer:
         cfg = recipe.trainer
         found.append(Role("trainer rank", "trainer", cfg.world_size, cfg.num_cpus, cfg.num_gpus))

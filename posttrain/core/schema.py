@@ -97,6 +97,7 @@ class EngineSettings(Strict):
     kv_cache_gib: float = Field(1.0, gt=0, description="CPU only: KV cache memory")
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU only")
     tensor_parallel_size: int = Field(1, ge=1, le=1024, description="GPUs per engine (vLLM tensor parallelism)")
+    replicas: int = Field(1, ge=1, le=1024, description="vLLM engines sharing the rollouts, each with the resources and tensor parallelism above: a step's prompts are spread by load (a prompt's samples together), a multi-turn episode stays on one engine, weights reach every one, samples do not depend on which engine drew them")
     num_cpus: float = Field(1, ge=0, description="Ray logical CPUs reserved for the engine actor")
     num_gpus: float = Field(0, ge=0, description="Ray GPUs reserved for the engine actor (0 on CPU)")
     budget_forcing: Literal["two_phase", "engine"] = Field("two_phase", description="how thinking budgets are forced: two_phase (stop at the budget, answer in a second request joining the running batch) or engine (vLLM's own thinking_token_budget, one request); forced tokens are masked out of the loss either way (bench/budget.py compares them)")
