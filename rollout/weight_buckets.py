@@ -22,6 +22,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -56,6 +57,30 @@ def _nbytes(dtype: str, shape: tuple[int, ...]) -> int:
     return count * getattr(torch, dtype).itemsize
 
 
+FILE_PREFIX = "posttrain-weights-"
+
+
+def remove_orphaned_files(directory: str) -> list[str]:
+    """Remove the weight files in ``directory`` whose creating process no longer runs; their names."""
+    removed = []
+    for path in Path(directory).glob(f"{FILE_PREFIX}*-*.bin"):
+        pid = path.name.removeprefix(FILE_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
 def shm_dir() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
@@ -76,7 +101,11 @@ class SharedWeights:
             self.slots[name] = TensorSlot(name, dtype, tuple(shape), offset)
             offset += -(-_nbytes(dtype, tuple(shape)) // ALIGN) * ALIGN
         self.file_bytes = max(offset, ALIGN)
-        handle = tempfile.NamedTemporaryFile(prefix="posttrain-weights-", suffix=".bin", dir=directory or shm_dir(), delete=False)
+        directory = directory or shm_dir()
+        remove_orphaned_files(directory)
+        # the creator's pid in the name: a file whose creator is gone (a killed actor never runs ``close``) is
+        # found and removed by the next sender on this node
+        handle = tempfile.NamedTemporaryFile(prefix=f"{FILE_PREFIX}{os.getpid()}-", suffix=".bin", dir=directory, delete=False)
         handle.truncate(self.file_bytes)
         handle.close()
         self.path = handle.name

@@ -1,6 +1,8 @@
 """Streamed weight sync, trainer side and the shared-file transport (tiny random model, no engine)."""
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,3 +115,24 @@ def test_merged_lora_weights_equal_peft_merge(tiny_model_path):
         torch.testing.assert_close(tensor, merged[name], atol=1e-6, rtol=1e-5, msg=name)
     with pytest.raises(ValueError, match="DoRA"):
         dict(engine_tensors(adapted(dora=True)))
+
+
+def test_a_weight_file_whose_creator_is_gone_is_removed_by_the_next_sender(tmp_path):
+    import subprocess
+
+    from rollout.weight_buckets import FILE_PREFIX
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that has exited
+    orphan = tmp_path / f"{FILE_PREFIX}{gone.pid}-abc.bin"
+    alive = tmp_path / f"{FILE_PREFIX}1-abc.bin"  # pid 1 runs
+    unrelated = tmp_path / "posttrain-weights-old.bin"  # no pid: left alone
+    for path in (orphan, alive, unrelated):
+        path.write_bytes(b"x")
+    shared = SharedWeights([("w", (2,))], "float32", directory=str(tmp_path))
+    try:
+        assert not orphan.exists() and alive.exists() and unrelated.exists()
+        assert Path(shared.path).name.startswith(f"{FILE_PREFIX}{os.getpid()}-")
+    finally:
+        shared.close()
+    assert not Path(shared.path).exists()

@@ -131,6 +131,12 @@ class ShardedTrainer(PolicyTrainer):
         self._shared: SharedWeights | None = None  # rank 0's weight file, made on the first streamed sync
         super().__init__(model_path, trainer_cfg, seed, threads, trust_remote_code)  # same seed: same LoRA init
 
+    def release(self) -> None:
+        """Rank 0's shared weight file, removed (not a collective: the other ranks hold none)."""
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
+
     def run_as_peer(self, name: str, packed) -> None:
         args, kwargs = packed
         result = getattr(self, name)(*args, **kwargs)
@@ -333,6 +339,10 @@ def stop_trainer(trainer) -> None:
     """Kill a trainer (rank 0 of a group takes its ranks with it) and free the placement group reserved for it."""
     from ray.util.placement_group import remove_placement_group
 
+    try:  # its shared weight file (the sweep of the next sender on this node removes it otherwise)
+        ray.get(trainer.release.remote(), timeout=30)
+    except Exception:  # noqa: BLE001 - a dead or hung trainer: killed below all the same
+        pass
     ray.kill(trainer)
     placement = _OWNED_PLACEMENTS.pop(trainer, None)
     if placement is not None:

@@ -351,6 +351,12 @@ class PolicyTrainer:
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
+    def release(self) -> None:
+        """Remove the shared weight file (``stop_trainer`` calls this before killing the actor)."""
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+
     def save(self, directory: str, tokenizer=None) -> str:
         """Save the model (safetensors, or the peft adapter), optimizer and RNG state, and ``tokenizer`` (the
         run's, with the recipe's chat template) so that the checkpoint formats prompts as the run did.
