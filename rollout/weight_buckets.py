@@ -61,7 +61,10 @@ FILE_PREFIX = "posttrain-weights-"
 
 
 def remove_orphaned_files(directory: str) -> list[str]:
-    """Remove the weight files in ``directory`` whose creating process no longer runs; their names."""
+    """Remove the weight files in ``directory`` whose creating process no longer runs; their names.
+
+    Pids are read in this process's pid namespace: two containers sharing ``/dev/shm`` (``--ipc=host``)
+    but not their pids would take each other's live files for orphans (Ray's workers on a node share both)."""
     removed = []
     for path in Path(directory).glob(f"{FILE_PREFIX}*-*.bin"):
         pid = path.name.removeprefix(FILE_PREFIX).split("-", 1)[0]
@@ -73,11 +76,11 @@ def remove_orphaned_files(directory: str) -> list[str]:
 
 def _process_exists(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: nothing is sent; PermissionError means it runs as another user
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process: alive
-        return True
+    except PermissionError:
+        pass
     return True
 
 

@@ -105,7 +105,7 @@ class Recording:
 def test_a_multi_turn_episode_never_changes_engine_and_samples_what_one_engine_samples(engines, tokenizer):
     prompts = [prompt_ids(tokenizer, question) for question in QUESTIONS[:3]]
     specs = [SamplingSpec(n=2, temperature=1.0, max_tokens=80)] * len(prompts)
-    config = MultiTurnConfig(max_turns=3, max_context=256)
+    config = MultiTurnConfig(max_turns=2, max_context=256)
     seed = sampling_seed(5, 2)
     ray.get(engines[0].reseed.remote(seed))
     alone = multiturn_rollout(EngineClient(engines[0]), tokenizer, prompts, specs, lambda _: Echo(), config).completions

@@ -340,7 +340,7 @@ def stop_trainer(trainer) -> None:
     from ray.util.placement_group import remove_placement_group
 
     try:  # its shared weight file (the sweep of the next sender on this node removes it otherwise)
-        ray.get(trainer.release.remote(), timeout=30)
+        ray.get(trainer.release.remote(), timeout=5)  # queued behind a step still running: not waited for
     except Exception:  # noqa: BLE001 - a dead or hung trainer: killed below all the same
         pass
     ray.kill(trainer)
