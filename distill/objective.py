@@ -28,6 +28,12 @@ class TeacherHeads:
     def of(self, teacher: int) -> torch.Tensor:
         return self.heads_V_H[self.index[teacher]]
 
+    @classmethod
+    def of_owners(cls, owners: list[str], heads: dict[str, torch.Tensor]) -> TeacherHeads:
+        """From each teacher's owner (the model whose head it uses) and the head of each owner."""
+        order = list(dict.fromkeys(owners))
+        return cls([heads[owner] for owner in order], [order.index(owner) for owner in owners])
+
 
 def divergence_from(name: str, jsd_beta: float = 0.5):
     return GeneralizedJSD(jsd_beta) if name == "generalized_jsd" else name

@@ -1,14 +1,15 @@
-"""The on-policy distillation loop: one driver, a vLLM engine, the student trainer, the teacher pool.
+"""The on-policy distillation loop: one driver, a vLLM engine, the student trainer, the teacher pools.
 
 Each step reads as the algorithm, phases named and timed::
 
     route (prompts across (domain, mode) keys) -> generate (student, vLLM) ->
-    teacher_score (TeacherPool: teachers' hidden states on the student's tokens,
-    grouped by teacher) -> update (trainer: exact full-vocabulary loss) ->
-    weight_sync (trainer -> engine)
+    teacher_score (TeacherFleet: teachers' hidden states on the student's tokens,
+    per micro-batch, on the shards holding its teachers) -> update (trainer: exact
+    full-vocabulary loss) -> weight_sync (trainer -> engine)
 
-The teachers' hidden states go from the pool straight into the trainer's update
-as a Ray object; the driver never holds them.
+The teachers' hidden states go from the pools straight to the trainer rank that runs
+their micro-batch, one Ray object per micro-batch (``distill/fleet.py``); the driver never
+holds them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import ray
 
 from posttrain.core.driver import Actors, phase_line, run_loop, start_actors
+from posttrain.core.remote_rows import wait_for_rows
 from posttrain.core.rundir import RunDir
 from posttrain.core.schema import Recipe
 from posttrain.core.timing import PhaseTimer
@@ -27,7 +29,8 @@ from rollout.engine import sampling_seed
 from .objective import DistillLoss, divergence_from
 from .recovery import recovery_eval
 from .routing import Router, completion_sequences, teacher_kls
-from .teachers import resolve_teacher, teacher_pool_actor
+from .fleet import TeacherFleet
+from .teachers import resolve_teacher
 
 log = logging.getLogger("posttrain.distill")
 
@@ -38,13 +41,13 @@ def distill_student(recipe: Recipe, student_path: str, run: RunDir) -> dict:
     teachers = [resolve_teacher(t) for t in cfg.teachers]
     actors = start_actors(recipe, student_path)
     router = Router(recipe, teachers, actors.tokenizer)
-    pool = teacher_pool_actor(teachers, cfg.teacher_num_cpus, cfg.teacher_num_gpus, recipe.trainer.micro_batch_size,
-                              recipe.model.trust_remote_code)
-    heads = ray.get(pool.heads.remote())
+    fleet = TeacherFleet(teachers, cfg, recipe.trainer.micro_batch_size, recipe.model.trust_remote_code)
+    heads = fleet.heads()
     ray.get(actors.trainer.install.remote(heads))
-    log.info("%d teachers over %d keys, %d distinct output heads", len(teachers), len(router.keys), len(heads.heads_V_H))
-    loop = DistillLoop(recipe, actors, pool, router, run)
-    return run_loop(loop, recipe, run, actors, extra_actors=(pool,))
+    log.info("%d teachers over %d keys, %d distinct output heads; %d shard(s) x %d replica(s)", len(teachers),
+             len(router.keys), len(heads.heads_V_H), len(fleet.shards), cfg.teacher_replicas)
+    loop = DistillLoop(recipe, actors, fleet, router, run)
+    return run_loop(loop, recipe, run, actors, extra_actors=fleet.actors)
 
 
 @dataclass
@@ -53,7 +56,7 @@ class DistillLoop:
 
     recipe: Recipe
     actors: Actors
-    pool: ray.actor.ActorHandle
+    fleet: TeacherFleet
     router: Router
     run: RunDir
     name = "distill"
@@ -67,7 +70,7 @@ class DistillLoop:
         return self.recipe.distill.checkpoint_every
 
     def step(self, step: int) -> dict[str, float]:
-        return distill_step(self.recipe, self.actors, self.pool, self.router, self.run, step)
+        return distill_step(self.recipe, self.actors, self.fleet, self.router, self.run, step)
 
     def step_line(self, step: int, m: dict[str, float]) -> str:
         return (
@@ -76,10 +79,10 @@ class DistillLoop:
         )
 
     def evaluate(self, tag: str, before: dict | None) -> dict:
-        return recovery_eval(self.recipe, self.actors, self.pool, self.router, self.run, tag, before)
+        return recovery_eval(self.recipe, self.actors, self.fleet, self.router, self.run, tag, before)
 
 
-def distill_step(recipe: Recipe, actors: Actors, pool, router: Router, run: RunDir, step: int) -> dict[str, float]:
+def distill_step(recipe: Recipe, actors: Actors, fleet, router: Router, run: RunDir, step: int) -> dict[str, float]:
     cfg, timer = recipe.distill, PhaseTimer()
     prompts = router.sample(step, cfg.prompts_per_step)
     specs = [router.spec(p.key, cfg.samples_per_prompt, cfg.temperature, cfg.top_p) for p in prompts]
@@ -91,8 +94,8 @@ def distill_step(recipe: Recipe, actors: Actors, pool, router: Router, run: RunD
     keys = [prompts[c.prompt_index].key for c in completions]
     loss = DistillLoss(divergence_from(cfg.divergence, cfg.jsd_beta), sum(map(sum, seqs.completion_mask)), cfg.chunk_size)
     with timer.phase("teacher_score"):
-        extras = pool.score.remote(seqs, router.routing(keys))
-        ray.wait([extras], fetch_local=False)
+        extras = fleet.score(seqs, router.routing(keys))
+        wait_for_rows(extras)
     with timer.phase("update"):
         update = ray.get(actors.trainer.update.remote(seqs, loss, extras))
     with timer.phase("weight_sync"):

@@ -53,39 +53,39 @@ def score_keys(actors, recipe, router: Router, cells: dict) -> tuple[dict, dict[
     return scores, by_key
 
 
-def heldout_kl(actors, pool, router: Router, by_key: dict) -> dict[str, float]:
+def heldout_kl(actors, fleet, router: Router, by_key: dict) -> dict[str, float]:
     """Per-teacher mean per-token KL(student || teacher) on the student's greedy completions."""
     pairs = [(key, prompt, c) for key, results in by_key.items() for r in results
              for prompt, c in zip(r.prompts, r.completions) if c.token_ids]
     seqs = completion_sequences([prompt for _, prompt, _ in pairs], [c for _, _, c in pairs])
-    extras = pool.score.remote(seqs, router.routing([key for key, _, _ in pairs]))
+    extras = fleet.score(seqs, router.routing([key for key, _, _ in pairs]))
     loss = DistillLoss("reverse_kl", sum(map(sum, seqs.completion_mask)))
     return teacher_kls(ray.get(actors.trainer.evaluate.remote(seqs, loss, extras)), router)
 
 
-def teacher_scores(actors, pool, recipe, router: Router, cells: dict) -> dict[str, dict]:
+def teacher_scores(actors, fleet, recipe, router: Router, cells: dict) -> dict[str, dict]:
     """Each teacher on its own key's suite, on the student's engine; the student's weights go back after."""
     scores = {}
     dtype = recipe.model.engine_dtype
     for index, teacher in enumerate(router.teachers):
-        ray.get(actors.engine.update_weights.remote(pool.engine_weights.remote(index, dtype)))
+        ray.get(actors.engine.update_weights.remote(fleet.engine_weights(index, dtype)))
         accuracy, _ = score_keys(actors, recipe, router, {teacher.key: cells[teacher.key]})
         scores[router.names[index]] = {"key": "/".join(teacher.key), **accuracy[teacher.key]}
     actors.sync_weights(dtype, full=True)  # the engine held a teacher: every weight goes back
     return scores
 
 
-def recovery_eval(recipe, actors, pool, router: Router, run, tag: str, before: dict | None = None) -> dict:
+def recovery_eval(recipe, actors, fleet, router: Router, run, tag: str, before: dict | None = None) -> dict:
     """Student scores and held-out KL per teacher; teacher scores once (``before``); recovery after."""
     cells = key_cells(recipe, router)
     student, by_key = score_keys(actors, recipe, router, cells)
     report = {
         "student": {"/".join(key): value for key, value in student.items()},
-        "kl": heldout_kl(actors, pool, router, by_key),
+        "kl": heldout_kl(actors, fleet, router, by_key),
         "examples": {"/".join(key): [c.text for r in results for c in r.completions][:2] for key, results in by_key.items()},
     }
     if before is None:
-        report["teachers"] = teacher_scores(actors, pool, recipe, router, cells)
+        report["teachers"] = teacher_scores(actors, fleet, recipe, router, cells)
     else:
         report["teachers"] = before["teachers"]
         report["recovery"] = recovery_table(before, report, router)

@@ -1,11 +1,13 @@
-"""Teachers for on-policy distillation: checked before work, then served by one Ray actor.
+"""Teachers for on-policy distillation: checked before work, then served by Ray actors.
 
 A teacher is a checkpoint registered under a (domain, mode) key: a full model
 directory, or a peft adapter over a base. ``check_teachers`` runs while the recipe
 is validated, so a missing checkpoint or a tokenizer that differs from the
 student's (token ids would mean different strings) fails before any work starts.
 
-``TeacherPool`` (a Ray actor) scores the student's own tokens, grouped by teacher:
+``TeacherPool`` (a Ray actor) scores the student's own tokens, grouped by teacher; it loads
+the teachers it ``serves`` (all, or one shard of them: ``shard_teachers``, driven as one by
+``fleet.TeacherFleet``):
 
 - adapter teachers over the same base share one copy of it; the pool switches the
   active adapter per group (``set_adapter``), so 12 LoRA teachers cost one base;
@@ -76,10 +78,11 @@ def _as_list(value) -> list[str]:
     return [value] if isinstance(value, str) else list(value or [])
 
 
-def check_teachers(teacher_cfgs, student_path: str) -> list[str]:
+def check_teachers(teacher_cfgs, student_path: str, shards: int = 1) -> list[str]:
     """Problems with the teachers, each naming its field path: missing checkpoints, a tokenizer
-    or vocabulary that differs from the student's. Empty when all can be loaded and scored."""
-    problems = []
+    or vocabulary that differs from the student's, more shards than teacher models. Empty when
+    all can be loaded and scored."""
+    problems, resolved = [], []
     student = _Vocab.of(resolve_model(student_path))
     for index, cfg in enumerate(teacher_cfgs):
         where = f"distill.teachers.{index} ({cfg.domain}/{cfg.mode})"
@@ -88,9 +91,33 @@ def check_teachers(teacher_cfgs, student_path: str) -> list[str]:
         except (ValueError, OSError) as error:
             problems.append(f"{where}.path: {error}")
             continue
+        resolved.append(teacher)
         if mismatch := _Vocab.of(teacher.path, teacher.base).differs_from(student):
             problems.append(f"{where}: {mismatch}; teachers and student must share one tokenizer")
+    if not problems:
+        try:
+            shard_teachers(resolved, shards)
+        except ValueError as error:
+            problems.append(str(error))
     return problems
+
+
+def shard_teachers(teachers: list[Teacher], shards: int) -> list[list[int]]:
+    """Teacher indices per shard. A model (a full teacher, or a base with its adapters) is never split;
+    each goes to the shard with the fewest models so far, then the fewest teachers."""
+    by_model: dict[str, list[int]] = {}
+    for index, teacher in enumerate(teachers):
+        by_model.setdefault(teacher.base or teacher.path, []).append(index)
+    if shards > len(by_model):
+        raise ValueError(f"distill.teacher_shards: {shards} shards for {len(by_model)} distinct teacher models "
+                         f"(adapters over one base count as one): a shard would hold no teacher")
+    parts: list[list[int]] = [[] for _ in range(shards)]
+    models = [0] * shards
+    for indices in sorted(by_model.values(), key=len, reverse=True):
+        target = min(range(shards), key=lambda s: (models[s], len(parts[s])))
+        parts[target].extend(indices)
+        models[target] += 1
+    return [sorted(part) for part in parts]
 
 
 @dataclass
@@ -120,18 +147,20 @@ class TeacherPool:
     """Frozen teachers, scored group by group. Meant to live in a Ray actor (``teacher_pool_actor``)."""
 
     def __init__(self, teachers: list[Teacher], micro_batch_size: int = 16, threads: int | None = None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, serves: list[int] | None = None):
         if not torch.cuda.is_available():
             restore_priority()  # before torch starts its threads: they inherit it
         torch.set_num_threads(threads or os.cpu_count() or 1)
-        self.teachers = teachers
+        self.teachers = teachers  # every teacher of the run: routes name them by their index here
+        self.serves = list(range(len(teachers))) if serves is None else list(serves)  # the ones loaded here
         self.micro_batch_size = micro_batch_size
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._adapted: dict[str, object] = {}  # base path -> peft model holding every adapter over it
         self._full: dict[str, object] = {}  # checkpoint path -> model (offloaded to CPU when idle)
         self._on_device: str | None = None
         self._trust_remote_code = trust_remote_code  # model.trust_remote_code: the bases may run their own code
-        for index, teacher in enumerate(teachers):
+        for index in self.serves:
+            teacher = teachers[index]
             if teacher.base is None:
                 self._full.setdefault(teacher.path, _load_frozen(teacher.path, "cpu", trust_remote_code))
             else:
@@ -162,37 +191,45 @@ class TeacherPool:
             self._on_device = teacher.path
         return self._full[teacher.path]
 
-    def heads(self) -> TeacherHeads:
-        """The distinct float32 output heads ``[V, H]`` and which one each teacher uses: adapter
-        teachers share their base's head, so 12 adapters over one base ship one head."""
-        index_of: dict[str, int] = {}
-        heads, head_index = [], []
-        for index, teacher in enumerate(self.teachers):
+    def owner_heads(self) -> dict[str, torch.Tensor]:
+        """The float32 output head ``[V, H]`` of each model served here, by its path (an adapter teacher's
+        is its base's: 12 adapters over one base ship one head)."""
+        heads = {}
+        for index in self.serves:
+            teacher = self.teachers[index]
             owner = teacher.base or teacher.path
-            if owner not in index_of:
+            if owner not in heads:
                 model = self._adapted[owner] if teacher.base else self._full[owner]
-                index_of[owner] = len(heads)
-                heads.append(causal_lm(model).get_output_embeddings().weight.detach().float().cpu())
-            head_index.append(index_of[owner])
-        return TeacherHeads(heads, head_index)
+                heads[owner] = causal_lm(model).get_output_embeddings().weight.detach().float().cpu()
+        return heads
+
+    def heads(self) -> TeacherHeads:
+        """The distinct output heads and which one each teacher uses (a pool serving every teacher)."""
+        return TeacherHeads.of_owners([t.base or t.path for t in self.teachers], self.owner_heads())
+
+    def score(self, seqs: Sequences, routing: list[list[tuple[int, float]]]) -> dict[str, list]:
+        """The distillation extras ``{"routes": score_rows(seqs, routing)}``."""
+        return {"routes": self.score_rows(seqs, routing)}
 
     @torch.no_grad()
-    def score(self, seqs: Sequences, routing: list[list[tuple[int, float]]]) -> dict[str, list]:
+    def score_rows(self, seqs: Sequences, routing: list[list[tuple[int, float]]]) -> list[list[tuple]]:
         """Teachers' last hidden states on the student's completions, grouped by teacher.
 
-        ``routing[b]``: ``[(teacher index, weight), ...]`` for sequence b. Returns the
-        distillation extras ``{"routes": [[(teacher index, weight, hidden_T_H bf16), ...] per b]}``.
+        ``routing[b]``: ``[(teacher index, weight), ...]`` for sequence b, every index one served here.
+        Returns per sequence ``[(teacher index, weight, hidden_T_H bf16), ...]``.
         """
         groups: dict[int, list[int]] = {}
         for row, routes in enumerate(routing):
             for index, _ in routes:
+                if index not in self.serves:
+                    raise ValueError(f"teacher {index} is not served by this pool (it serves {self.serves})")
                 groups.setdefault(index, []).append(row)
         hidden: dict[tuple[int, int], torch.Tensor] = {}
         for index in sorted(groups):
             model = self._activate(index)
             for row, states in zip(groups[index], self._hidden_states(model, seqs.select(groups[index]))):
                 hidden[(index, row)] = states
-        return {"routes": [[(k, w, hidden[(k, row)]) for k, w in routes] for row, routes in enumerate(routing)]}
+        return [[(k, w, hidden[(k, row)]) for k, w in routes] for row, routes in enumerate(routing)]
 
     def _hidden_states(self, model, seqs: Sequences) -> list[torch.Tensor]:
         decoder = causal_lm(model).get_decoder()
@@ -224,5 +261,7 @@ def _load_frozen(path: str, device, trust_remote_code: bool = False):
 
 
 def teacher_pool_actor(teachers: list[Teacher], num_cpus: float = 1, num_gpus: float = 0, micro_batch_size: int = 16,
-                       trust_remote_code: bool = False):
-    return torch_actor(TeacherPool, num_cpus, num_gpus, teachers, micro_batch_size, trust_remote_code=trust_remote_code)
+                       trust_remote_code: bool = False, serves: list[int] | None = None):
+    """A ``TeacherPool`` actor loading the teachers ``serves`` (default: all)."""
+    return torch_actor(TeacherPool, num_cpus, num_gpus, teachers, micro_batch_size,
+                       trust_remote_code=trust_remote_code, serves=serves)

@@ -10,8 +10,9 @@ it was trained over) and cast once to ``--dtype``: by default the run's ``model.
 so the exported model is, weight for weight, the one the run's own eval measured.
 
 Export takes a ``CheckpointWeights`` (``posttrain/core/checkpoints.py``) -- where the weights come
-from, as one state dict -- so a checkpoint stored another way (e.g. sharded) needs only another
-constructor beside ``saved_checkpoint``. It never starts Ray or an engine.
+from, as one state dict -- so a trainer group's sharded checkpoint exports as a one-rank one does
+(its shards read back whole, on this process: the merged model's memory, not the optimizer's).
+It never starts Ray or an engine.
 """
 
 from __future__ import annotations

@@ -30,7 +30,9 @@ import ray
 
 from .core.placement import stage_resources
 from .core.schema import Recipe
-from .recipe import distill_recipe, specialist_recipes, stages_dir
+from .core.checkpoints import saved_checkpoint
+from .export import export_checkpoint
+from .recipe import distill_recipe, final_checkpoint_dir, specialist_recipes, stages_dir, teacher_dir
 from .runner import train_recipe
 from .stages import StageFailed, StageLedger, run_in_placement_group
 from .student_eval import evaluate_student
@@ -83,6 +85,12 @@ def _headline(report: dict | None) -> dict:
 
 def _register_teachers(recipe: Recipe, specialists: dict[str, Recipe]) -> dict:
     """Check every teacher checkpoint against the student (tokenizer, vocabulary, head) and record the registry."""
+    for name, specialist in specialists.items():
+        plain = teacher_dir(recipe, name, specialist)
+        if specialist.trainer.world_size > 1 and not plain.exists():  # a trainer group's shards, read back once
+            weights = saved_checkpoint(final_checkpoint_dir(recipe, name, specialist), trust_remote_code=recipe.model.trust_remote_code)
+            export_checkpoint(weights, plain, adapter=weights.adapter is not None)
+            log.info("specialist %s: its sharded checkpoint exported for the teachers to %s", name, plain)
     student = distill_recipe(recipe, specialists, check_files=True)  # raises RecipeError naming a bad teacher
     target = stages_dir(recipe) / "teachers.json"
     teachers = [t.model_dump(mode="json") for t in student.distill.teachers]

@@ -182,7 +182,7 @@ def _check_resolvable(recipe: Recipe, check_files: bool = True) -> list[str]:
     if recipe.sft is not None and recipe.sft.data.source == "dataset" and check_files:
         problems += check_dataset(recipe.sft.data, list(recipe.modes))
     if recipe.distill and not problems and check_files:
-        problems += check_teachers(recipe.distill.teachers, recipe.model.path)
+        problems += check_teachers(recipe.distill.teachers, recipe.model.path, recipe.distill.teacher_shards)
     if recipe.pipeline and not problems:
         problems += check_pipeline(recipe)
     return problems
@@ -224,11 +224,24 @@ def specialist_recipes(recipe: Recipe) -> dict[str, Recipe]:
     return recipes
 
 
+def final_checkpoint_dir(recipe: Recipe, name: str, specialist: Recipe) -> Path:
+    return stages_dir(recipe) / f"specialist-{name}" / "checkpoints" / f"step_{specialist.grpo.steps}"
+
+
+def teacher_dir(recipe: Recipe, name: str, specialist: Recipe) -> Path:
+    """Where specialist ``name``'s teachers load from: its final checkpoint, or when a trainer group wrote it
+    (sharded) the plain copy the teachers stage exports (``stages/specialist-<name>/teacher``; an adapter
+    stays an adapter over its base)."""
+    if specialist.trainer.world_size > 1:
+        return stages_dir(recipe) / f"specialist-{name}" / "teacher"
+    return final_checkpoint_dir(recipe, name, specialist)
+
+
 def teacher_entries(recipe: Recipe, specialists: dict[str, Recipe]) -> list[dict]:
     """One teacher per (specialist, mode): the specialist's final checkpoint, prompted in that mode."""
     entries = []
     for name, specialist in specialists.items():
-        checkpoint = stages_dir(recipe) / f"specialist-{name}" / "checkpoints" / f"step_{specialist.grpo.steps}"
+        checkpoint = teacher_dir(recipe, name, specialist)
         for mode in recipe.pipeline.teacher_modes or list(specialist.task.modes):
             entries.append({"domain": name, "mode": mode, "path": str(checkpoint.resolve())})
     return entries

@@ -30,6 +30,7 @@ import torch
 from .budget import engine_budget_params, prompt_thinking_offset, split_thinking
 from .priority import restore_priority
 from .seeds import cpu_scheduler_args, request_seed, sampling_seed  # noqa: F401 - the loops import sampling_seed from here
+from .weight_buckets import BucketRef
 from .worker_ext import quiet_requested_cast
 
 CPU_BLOCK_SIZE = 32  # the smallest the CPU attention backend takes (multiples of 32)
@@ -337,24 +338,33 @@ class RolloutEngine:
     def update_weights(self, named_tensors: dict[str, torch.Tensor]) -> float:
         """Load new weights into the live engine in place; returns seconds taken."""
         start = time.perf_counter()
-        if self._in_process:
-            self.llm.collective_rpc("load_pushed_weights", args=(list(named_tensors.items()),))
-        else:
-            from safetensors.torch import save_file
-
-            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-            with tempfile.NamedTemporaryFile(suffix=".safetensors", dir=shm) as handle:
-                save_file({k: v.contiguous() for k, v in named_tensors.items()}, handle.name)
-                self.llm.collective_rpc("load_pushed_weights_file", args=(handle.name,))
+        self._load_tensors(list(named_tensors.items()), partial=False)
         # Cached prefixes hold KV computed by the old weights.
         self.llm.reset_prefix_cache()
         return time.perf_counter() - start
 
-    def load_weight_bucket(self, ref) -> float:
-        """Load one ``weight_buckets.BucketRef`` in place (a streamed sync); call ``weights_loaded`` after the last."""
+    def load_weight_bucket(self, bucket) -> float:
+        """Load one bucket of a streamed sync in place; call ``weights_loaded`` after the last. The bucket is a
+        ``weight_buckets.BucketRef`` (its tensors in the trainer's shared file, on this node) or its
+        ``(name, tensor)`` pairs (a Ray object, from a trainer on another node)."""
         start = time.perf_counter()
-        self.llm.collective_rpc("load_weight_bucket", args=(ref,))
+        if isinstance(bucket, BucketRef):
+            self.llm.collective_rpc("load_weight_bucket", args=(bucket,))
+        else:
+            self._load_tensors(list(bucket), partial=True)
         return time.perf_counter() - start
+
+    def _load_tensors(self, named: list[tuple[str, torch.Tensor]], partial: bool) -> None:
+        if self._in_process:
+            self.llm.collective_rpc("load_pushed_weights", args=(named, partial))
+            return
+        from safetensors.torch import save_file
+
+        # Multi-process engines: args cross a process boundary, so the tensors go through a file (in /dev/shm)
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        with tempfile.NamedTemporaryFile(suffix=".safetensors", dir=shm) as handle:
+            save_file({name: tensor.contiguous() for name, tensor in named}, handle.name)
+            self.llm.collective_rpc("load_pushed_weights_file", args=(handle.name, partial))
 
     def weights_loaded(self) -> None:
         """A streamed sync is complete: cached prefixes hold KV computed by the old weights."""

@@ -155,7 +155,8 @@ class EnginePool:
 
     @_ActorStyle
     def load_weight_bucket(self, bucket):
-        """One streamed bucket (``weight_buckets.BucketRef``), loaded by every replica from the one file."""
+        """One streamed bucket, loaded by every replica: a ``weight_buckets.BucketRef`` (from the one shared file)
+        or a Ray object of its tensors (each replica's node fetches it)."""
         return self._on_every("load_weight_bucket", bucket)
 
     @_ActorStyle

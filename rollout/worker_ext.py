@@ -46,12 +46,12 @@ class WeightSyncExtension:
             self._reload_noise.partial = False
         return len(named_tensors)
 
-    def load_pushed_weights_file(self, path: str) -> int:
+    def load_pushed_weights_file(self, path: str, partial: bool = False) -> int:
         # Multi-process engines: args cross a process boundary, so tensors travel
         # as a safetensors file (in /dev/shm on one node) instead of as lists.
         from safetensors.torch import load_file
 
-        return self.load_pushed_weights(load_file(path).items())
+        return self.load_pushed_weights(load_file(path).items(), partial)
 
     def load_weight_bucket(self, ref: BucketRef) -> int:
         # One bucket of a streamed sync (rollout/weight_buckets.py): its tensors are views of the

@@ -12,6 +12,7 @@ and the gradient norm to 1e-3 (see ``_same_metrics``).
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,3 +187,56 @@ def test_a_two_rank_lora_checkpoint_resumes_on_one(two_ranks, tiny_model_path):
     single = PolicyTrainer(tiny_model_path, _cfg(1, lora=LoraConfig(r=4, alpha=8), lr=1e-2), seed=0, threads=1)
     assert single.load(checkpoint + "_lora") == 1
     _same_metrics(single.update(SEQS, SftLoss(TOKENS), {}), sharded["sft_next"])
+
+
+def test_a_sharded_checkpoint_exports_to_a_plain_hf_directory(two_ranks, tmp_path):
+    """``posttrain export`` (and the pipeline's teachers, and the engine) read a trainer group's checkpoint:
+    its shards read back whole, as the base model's full weights (``model.json`` names the base)."""
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.core.checkpoints import saved_checkpoint
+    from posttrain.export import export_checkpoint
+
+    sharded, checkpoint = two_ranks
+    weights = saved_checkpoint(checkpoint)
+    assert weights.adapter is None and Path(weights.base).is_dir()
+    exported = AutoModelForCausalLM.from_pretrained(export_checkpoint(weights, tmp_path / "hf"), dtype=torch.float32)
+    state = exported.state_dict()
+    for name, tensor in sharded["grpo_weights"].items():
+        torch.testing.assert_close(state[name], tensor, atol=0, rtol=0, msg=name)
+
+
+def test_a_sharded_lora_checkpoint_exports_as_the_adapter_one_rank_resumes(two_ranks, tiny_model_path, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.core.checkpoints import saved_checkpoint
+    from posttrain.export import export_checkpoint
+
+    _, checkpoint = two_ranks
+    weights = saved_checkpoint(checkpoint + "_lora")
+    assert weights.adapter["r"] == 4 and weights.base == tiny_model_path
+    adapter_dir = export_checkpoint(weights, tmp_path / "adapter", adapter=True)
+    base = AutoModelForCausalLM.from_pretrained(weights.base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().state_dict()
+    single = PolicyTrainer(tiny_model_path, _cfg(1, lora=LoraConfig(r=4, alpha=8), lr=1e-2), seed=0, threads=1)
+    single.load(checkpoint + "_lora")
+    for name, tensor in single.engine_weights("float32").items():
+        torch.testing.assert_close(merged[name], tensor, **WEIGHT_TOL, msg=name)
+
+
+def test_a_lora_groups_shards_name_the_adapter_as_peft_saves_it(tiny_model_path):
+    """Under LoRA a group saves only the adapter's parameters, named as the peft model names them; read back,
+    they carry the names (and the config) that ``adapter_model.safetensors`` / ``adapter_config.json`` hold."""
+    from peft import LoraConfig, PeftConfig, get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.core.sharded_checkpoint import adapter_record, adapter_tensors
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    trainable = {name: param for name, param in model.named_parameters() if param.requires_grad}
+    assert adapter_tensors(trainable).keys() == get_peft_model_state_dict(model).keys()
+    record = adapter_record(model)
+    assert record["r"] == 2 and sorted(record["target_modules"]) == ["q_proj", "v_proj"]
+    assert PeftConfig.from_peft_type(**record).r == 2
+    assert adapter_record(AutoModelForCausalLM.from_pretrained(tiny_model_path)) is None

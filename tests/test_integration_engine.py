@@ -78,6 +78,10 @@ def test_streamed_bucket_sync_equals_the_whole_push_and_lora_sends_only_what_cha
         assert _texts(engine, prompts) == streamed, f"streamed and whole pushes differ (lora={lora})"
         ray.get(engine.update_weights.remote(_base(smollm2_path)))
         assert _texts(engine, prompts) == original
+        # an engine on another node: the same buckets, each its own Ray object instead of a view of /dev/shm
+        Actors(engine, trainer, None, same_node=False).sync_weights("bfloat16")
+        assert _texts(engine, prompts) == streamed, f"buckets as Ray objects and in shared memory differ (lora={lora})"
+        ray.get(engine.update_weights.remote(_base(smollm2_path)))
         ray.kill(trainer)
 
 

@@ -26,6 +26,9 @@ def test_a_two_rank_group_on_ray_updates_as_one_trainer(ray_local, tiny_model_pa
     streamed = {}  # the weight sync's path: a Ray streaming generator on rank 0, rank 1 gathering beside it
     for ref in leader.weight_buckets.options(num_returns="streaming").remote("float32", True):
         streamed.update((name, tensor.clone()) for name, tensor in bucket_tensors(ray.get(ref)))
+    as_objects = {}  # an engine on another node: each bucket's tensors as one Ray object
+    for ref in leader.weight_buckets.options(num_returns="streaming").remote("float32", True, False):
+        as_objects.update(ray.get(ref))
     peers = ray.get(leader.__ray_call__.remote(lambda self: self.peers))
 
     whole = PolicyTrainer(tiny_model_path, _cfg(1), seed=0, threads=1)
@@ -34,6 +37,7 @@ def test_a_two_rank_group_on_ray_updates_as_one_trainer(ray_local, tiny_model_pa
     for name, tensor in whole.engine_weights("float32").items():
         torch.testing.assert_close(weights[name], tensor, **WEIGHT_TOL, msg=name)
         torch.testing.assert_close(streamed[name], weights[name], atol=0, rtol=0, msg=name)
+        torch.testing.assert_close(as_objects[name], weights[name], atol=0, rtol=0, msg=name)
 
     stop_trainer(leader)  # as run_loop does: kills rank 0 (rank 1 is owned by it) and frees the placement group
     deadline = time.time() + 60

@@ -1,5 +1,6 @@
 """The whole pipeline -- specialists, teachers, distillation, eval -- submitted with
 ``ray job submit`` to a two-node Ray cluster started on this machine with ``ray start``.
+One specialist is a GRPO run on 2 trainer ranks and 2 engines; distillation uses 2 teacher replicas.
 
 The cluster's processes live in their own session, so stopping it kills exactly
 them (``ray stop`` would stop every Ray instance on the machine).
@@ -137,3 +138,8 @@ def test_pipeline_runs_every_stage_through_ray_job_submit_on_two_nodes(two_node_
     assert {(row["domain"], row["mode"]) for row in table} == {(d, m) for d in ("add", "sub") for m in ("non_think", "high")}
     assert all(row["specialist"] is not None and row["student"] is not None for row in table)
     assert "stage eval" in logs
+    add = output / "tiny_pipeline" / "stages" / "specialist-add"  # GRPO on 2 trainer ranks and 2 engines
+    assert "trainer group: 2 FSDP2 ranks (gloo)" in logs and "2 engine replicas" in logs
+    assert (add / "checkpoints" / "step_2" / "dcp" / ".metadata").exists()  # the ranks wrote their shards
+    assert (add / "teacher" / "adapter_config.json").exists()  # read back whole for the teachers: an adapter
+    assert "1 shard(s) x 2 replica(s)" in logs

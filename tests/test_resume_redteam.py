@@ -59,7 +59,7 @@ def test_killed_before_the_first_checkpoint_restarts_with_clean_logs(tmp_path):
     rows would be glued onto the torn one and duplicate steps."""
     run = _run_with_rows(tmp_path, "metrics.jsonl", range(3), TORN)
     (run.path / "samples.jsonl").write_text('{"step": 0, "text": "a"}\n{"step": 1, "te')
-    assert resume_point(run, trainer=None, engine=None, engine_dtype="bfloat16") == 0
+    assert resume_point(run, trainer=None, sync_engine=None) == 0
     run.log_metrics(0, {"x": 0.0})
     assert [row["step"] for row in run.read_metrics()] == [0]
     assert (run.path / "samples.jsonl").read_text() == ""

@@ -1,9 +1,9 @@
 """A checkpoint as the engine (and ``posttrain export``) needs it: a full model directory.
 
 ``PolicyTrainer.save`` writes either full safetensors (with ``config.json``) or a peft
-adapter (``adapter_config.json`` + ``adapter_model.safetensors``). ``CheckpointWeights``
-says what a checkpoint holds, however stored (``saved_checkpoint`` reads that layout;
-another storage, e.g. sharded, needs only another constructor). vLLM loads full
+adapter (``adapter_config.json`` + ``adapter_model.safetensors``); a trainer group writes
+DCP shards (``sharded_checkpoint``). ``CheckpointWeights`` says what a checkpoint holds,
+however stored (``saved_checkpoint`` reads all three). vLLM loads full
 models only, so an adapter is merged into its base in a temporary directory that
 lives as long as the ``with`` block.
 """
@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from .models import resolve_model
+from .sharded_checkpoint import adapter_tensors, dcp_state_dict, is_sharded, read_model_record
 
 log = logging.getLogger("posttrain.checkpoints")
 
@@ -61,6 +62,8 @@ def saved_checkpoint(path: str | Path, base: str | None = None, trust_remote_cod
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if is_sharded(path):
+        return _sharded_checkpoint(path, base, trust_remote_code)
     if (path / "adapter_config.json").exists():
         base_dir = adapter_base(path, base)
         adapter = json.loads((path / "adapter_config.json").read_text())
@@ -70,6 +73,21 @@ def saved_checkpoint(path: str | Path, base: str | None = None, trust_remote_cod
         load = lambda: {k: v for shard in sorted(path.glob("*.safetensors")) for k, v in load_file(shard).items()}  # noqa: E731
     else:
         raise FileNotFoundError(f"{str(path)!r} holds neither a LoRA adapter (adapter_config.json) nor a model (config.json)")
+    tokenizer = str(path) if (path / "tokenizer_config.json").exists() else base_dir
+    return CheckpointWeights(str(path), base_dir, tokenizer, adapter, load, trust_remote_code)
+
+
+def _sharded_checkpoint(path: Path, base: str | None, trust_remote_code: bool) -> CheckpointWeights:
+    """A trainer group's checkpoint (``sharded_checkpoint``): its shards read back whole on ``load()``."""
+    record = read_model_record(path)
+    base_dir = resolve_model(base or record["base"])
+    if not Path(base_dir).is_dir():
+        raise FileNotFoundError(f"sharded checkpoint {str(path)!r}: its base {record['base']!r} is not on this machine; pass --base")
+    adapter = record["adapter"]
+    if adapter is None:
+        load = lambda: dcp_state_dict(path)  # noqa: E731
+    else:
+        load = lambda: adapter_tensors(dcp_state_dict(path))  # noqa: E731
     tokenizer = str(path) if (path / "tokenizer_config.json").exists() else base_dir
     return CheckpointWeights(str(path), base_dir, tokenizer, adapter, load, trust_remote_code)
 
@@ -112,16 +130,17 @@ def save_tokenizer(weights: CheckpointWeights, out: Path) -> None:
 
 
 def merge_adapter(path: Path, target: Path, base: str | None = None, trust_remote_code: bool = False) -> Path:
-    """Write base + LoRA deltas (merged in float32) and a tokenizer to ``target``, a plain HF directory."""
+    """Write base + LoRA deltas (merged in float32), or a sharded checkpoint's weights, and a tokenizer to
+    ``target``, a plain HF directory."""
     write_model_dir(saved_checkpoint(path, base, trust_remote_code), target, "float32")
     return target
 
 
 @contextmanager
 def engine_model_dir(spec: str, base: str | None = None, trust_remote_code: bool = False):
-    """Yield a full model directory (or hub id) for ``spec``; a merged copy for an adapter checkpoint."""
+    """Yield a full model directory (or hub id) for ``spec``; a merged copy for an adapter or sharded checkpoint."""
     path = Path(spec).expanduser()
-    if not (path / "adapter_config.json").exists():
+    if not ((path / "adapter_config.json").exists() or is_sharded(path)):
         yield resolve_model(spec)
         return
     scratch = Path(tempfile.mkdtemp(prefix="posttrain-merged-"))

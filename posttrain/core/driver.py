@@ -45,14 +45,11 @@ class Actors:
     same_node: bool = True  # every engine shares /dev/shm with the trainer
 
     def sync_weights(self, dtype: str, full: bool = False) -> None:
-        """Trainer -> engine(s), loaded in place. On one node the weights stream in buckets through shared
-        memory (``posttrain/core/weights.py``; with LoRA only what changed, unless ``full``), each bucket
-        loaded by every replica; when an engine is on another node the whole state dict travels as one
-        Ray object to every replica."""
-        if not self.same_node:
-            ray.get(self.engine.update_weights.remote(self.trainer.engine_weights.remote(dtype)))
-            return
-        buckets = self.trainer.weight_buckets.options(num_returns="streaming").remote(dtype, full)
+        """Trainer -> engine(s), streamed in buckets (``posttrain/core/weights.py``; with LoRA only what
+        changed, unless ``full``), each loaded in place by every replica as it arrives. On one node the buckets
+        are written into shared memory; when an engine is on another node each bucket travels as its own Ray
+        object. Either way no process holds more than one bucket beyond the model."""
+        buckets = self.trainer.weight_buckets.options(num_returns="streaming").remote(dtype, full, self.same_node)
         ray.get([self.engine.load_weight_bucket.remote(bucket) for bucket in buckets])
         ray.get(self.engine.weights_loaded.remote())
 
@@ -79,6 +76,8 @@ def launch_engines(recipe: Recipe, model_path: str):
     config = engine_config(recipe, model_path)
     cfg = recipe.engine
     replicas = [engine_actor(config, num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus) for _ in range(cfg.replicas)]
+    if len(replicas) > 1:
+        log.info("%d engine replicas (tensor parallel %d each)", len(replicas), cfg.tensor_parallel_size)
     return replicas[0] if len(replicas) == 1 else EnginePool(replicas)
 
 
@@ -122,7 +121,8 @@ def run_loop(loop: Loop, recipe: Recipe, run: RunDir, actors: Actors, extra_acto
     The actors (``extra_actors`` too, e.g. a teacher pool) are stopped at the end, whatever happens.
     """
     try:
-        start = resume_point(run, actors.trainer, actors.engine, recipe.model.engine_dtype, recipe.run.resume)
+        sync_all = lambda: actors.sync_weights(recipe.model.engine_dtype, full=True)  # noqa: E731
+        start = resume_point(run, actors.trainer, sync_all, recipe.run.resume)
         results: dict = {}
         if recipe.eval.before:
             results["before"] = eval_once(run, "before", start > 0, lambda: loop.evaluate("before", None))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import math
 import os
 import socket
@@ -42,9 +43,11 @@ from torch.distributed.fsdp import fully_shard
 from rollout.weight_buckets import SharedWeights
 
 from .policy import CompletionStates, PolicyTrainer, Sequences, length_sorted_chunks, merge_metrics, trainer_actor
-from .sharded_checkpoint import is_sharded, load_sharded, save_sharded
+from .sharded_checkpoint import adapter_record, is_sharded, load_sharded, save_sharded, write_model_record
 from .sharded_weights import engine_names, sharded_engine_tensors
 from .weights import causal_lm, layer_buckets
+
+log = logging.getLogger("posttrain.group")
 
 
 class CompletionStatesRoot(torch.nn.Module):
@@ -230,7 +233,7 @@ class ShardedTrainer(PolicyTrainer):
         return weights
 
     @collective
-    def weight_buckets(self, dtype: str = "bfloat16", full: bool = False):
+    def weight_buckets(self, dtype: str = "bfloat16", full: bool = False, shared: bool = True):
         """The engine's tensors gathered one FSDP unit at a time on every rank; rank 0 writes each bucket into
         its shared file and yields its ``BucketRef`` (``PolicyTrainer.weight_buckets``'s stream, from shards).
 
@@ -238,13 +241,13 @@ class ShardedTrainer(PolicyTrainer):
         loads whole HF tensors (vLLM shards them for its own tensor parallelism); ranks sending shard ranges
         would need the engine to reassemble every fused weight."""
         changed_only = hasattr(self.model, "peft_config") and not full
-        if self.rank == 0 and (self._shared is None or self._shared.dtype != dtype):
+        if shared and self.rank == 0 and (self._shared is None or self._shared.dtype != dtype):
             layout = [(clean, shape) for _, clean, shape in engine_names(self.model)]
             self._shared = SharedWeights(layout, dtype)
         named = sharded_engine_tensors(self.model, dtype, self._roots[id(self.model)], changed_only)
         for bucket in layer_buckets(named, int(self.cfg.weight_bucket_mb * 2**20)):
-            if self.rank == 0:
-                yield self._shared.write(bucket)
+            if self.rank == 0:  # shared=False (an engine on another node): the bucket's tensors, one Ray object
+                yield self._shared.write(bucket) if shared else [(name, tensor.contiguous()) for name, tensor in bucket]
 
     @collective
     def save(self, directory: str, tokenizer=None) -> str:
@@ -262,6 +265,7 @@ class ShardedTrainer(PolicyTrainer):
         if self.rank == 0:
             state = {"steps": self.steps, "torch_rng": torch.get_rng_state(), "world_size": self.world_size}
             torch.save(state, partial / "trainer_state.pt")
+            write_model_record(partial, self.model_path, adapter_record(self.model))
             if tokenizer is not None:
                 tokenizer.save_pretrained(partial)
         dist.barrier()
@@ -322,6 +326,7 @@ def start_trainer(model_path: str, trainer_cfg, seed: int = 0, trust_remote_code
         return trainer_actor(model_path, trainer_cfg, seed, trust_remote_code)
     placement = rank_placement(trainer_cfg)
     gpus = trainer_cfg.num_gpus > 0
+    log.info("trainer group: %d FSDP2 ranks (%s)", trainer_cfg.world_size, "nccl" if gpus else "gloo")
     threads = int(trainer_cfg.num_cpus) if gpus else max(1, (os.cpu_count() or 1) // trainer_cfg.world_size)
     leader = rank_actor(trainer_cfg, placement, 0, model_path, seed, threads, 0, "", placement,
                         trust_remote_code=trust_remote_code)

@@ -2,7 +2,7 @@
 
 A recipe names resources per role -- ``trainer.num_cpus/num_gpus`` per trainer rank (times
 ``trainer.world_size``), ``engine.num_cpus/num_gpus`` per engine (times ``engine.replicas``), ``distill.teacher_num_*``
-for the teacher pool. ``check_placement`` refuses at validation what no cluster could run
+per teacher pool actor (times ``teacher_shards x teacher_replicas``). ``check_placement`` refuses at validation what no cluster could run
 (a fractional GPU above 1, two NCCL ranks sharing a GPU, a tensor-parallel engine without
 its GPUs), naming the field and the sizes; ``check_cluster`` refuses at start what the
 cluster at hand cannot hold, with the sizes asked and offered, instead of waiting forever.
@@ -36,7 +36,9 @@ def roles(recipe: Recipe, trainer: bool = True) -> list[Role]:
         cfg = recipe.trainer
         found.append(Role("trainer rank", "trainer", cfg.world_size, cfg.num_cpus, cfg.num_gpus))
     if trainer and recipe.distill:
-        found.append(Role("teacher pool", "distill", 1, recipe.distill.teacher_num_cpus, recipe.distill.teacher_num_gpus))
+        cfg = recipe.distill
+        found.append(Role("teacher pool", "distill", cfg.teacher_shards * cfg.teacher_replicas, cfg.teacher_num_cpus,
+                          cfg.teacher_num_gpus))
     return found
 
 

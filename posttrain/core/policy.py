@@ -28,7 +28,8 @@ from rollout.priority import restore_priority
 from .logits import LogitsPath, check_logits_path, logits_path
 from .sharded_checkpoint import is_sharded, load_sharded
 from .packing import TokenLayout, packed_layout, padded_layout, supports_packing
-from .weights import WeightSender, causal_lm, engine_tensors
+from .remote_rows import fetch_rows
+from .weights import WeightSender, cast_buckets, causal_lm, engine_tensors
 
 
 @dataclass
@@ -284,7 +285,8 @@ class PolicyTrainer:
         ``loss_fn(student, extras_for_microbatch, installed) -> (loss, metrics)``: ``student`` is a
         ``Student`` (log-probs or hidden states on request), ``installed`` what ``install`` put
         here. The loss must already be normalised for the whole batch (see
-        ``grpo.LossNormalizer``). ``extras`` holds per-sequence inputs.
+        ``grpo.LossNormalizer``). ``extras`` holds per-sequence inputs; a ``remote_rows.RemoteRow`` among
+        them is fetched from Ray's object store when its micro-batch runs.
         """
         start = time.perf_counter()
         self.model.train()
@@ -320,7 +322,7 @@ class PolicyTrainer:
         totals: dict[str, float] = {"loss": 0.0}
         for indices, weight in self._micro_batches(seqs):
             sub = seqs.select(indices)
-            micro_extras = {key: [values[i] for i in indices] for key, values in extras.items()}
+            micro_extras = fetch_rows({key: [values[i] for i in indices] for key, values in extras.items()})
             loss, metrics = loss_fn(self.student(sub), micro_extras, self.installed)
             if backward:
                 (loss if weight == 1.0 else loss * weight).backward()
@@ -339,13 +341,17 @@ class PolicyTrainer:
         """HF-named full weights for the engine; LoRA deltas merged in (the model is not mutated)."""
         return engine_state_dict(self.model, dtype)
 
-    def weight_buckets(self, dtype: str = "bfloat16", full: bool = False):
+    def weight_buckets(self, dtype: str = "bfloat16", full: bool = False, shared: bool = True):
         """The engine's tensors written bucket by bucket into this trainer's shared file; yields each
         ``BucketRef`` once written (a Ray streaming generator: the engine loads one while the next is
-        written). With LoRA only the blocks holding an adapter, unless ``full``."""
+        written). With LoRA only the blocks holding an adapter, unless ``full``. ``shared=False`` (an
+        engine on another node): yields each bucket's ``(name, tensor)`` pairs, one Ray object each."""
+        changed_only = hasattr(self.model, "peft_config") and not full
+        if not shared:
+            yield from cast_buckets(engine_tensors(self.model, changed_only), dtype, int(self.cfg.weight_bucket_mb * 2**20))
+            return
         if self._sender is None or self._sender.dtype != dtype:
             self._sender = WeightSender(self.model, dtype, int(self.cfg.weight_bucket_mb * 2**20))
-        changed_only = hasattr(self.model, "peft_config") and not full
         yield from self._sender.buckets(self.model, changed_only)
 
     def node_id(self) -> str:

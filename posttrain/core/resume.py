@@ -23,8 +23,9 @@ from .rundir import RunDir
 log = logging.getLogger("posttrain")
 
 
-def resume_point(run: RunDir, trainer, engine, engine_dtype: str, enabled: bool = True) -> int:
-    """Load the newest complete checkpoint into ``trainer`` and ``engine``; the step to go on from (0: fresh)."""
+def resume_point(run: RunDir, trainer, sync_engine: Callable[[], None], enabled: bool = True) -> int:
+    """Load the newest complete checkpoint into ``trainer``, then ``sync_engine()`` (every weight, streamed);
+    the step to go on from (0: fresh)."""
     latest = run.latest_checkpoint() if enabled else None
     if latest is None:
         if run.has_logs():  # killed before its first checkpoint: step 0 is redone, so its old rows go
@@ -32,7 +33,7 @@ def resume_point(run: RunDir, trainer, engine, engine_dtype: str, enabled: bool 
         return 0
     step, path = latest
     ray.get(trainer.load.remote(str(path)))
-    ray.get(engine.update_weights.remote(trainer.engine_weights.remote(engine_dtype)))
+    sync_engine()
     run.rewind(step)
     log.info("resumed from %s: continuing at step %d", path, step)
     return step

@@ -314,8 +314,10 @@ class DistillConfig(Strict):
     divergence: str = Field("reverse_kl", description="per-token divergence over the full vocabulary: reverse_kl, forward_kl, generalized_jsd, sampled_token, or a registered / 'module:attr' one (distill/divergences.py)")
     jsd_beta: float = Field(0.5, ge=0, le=1, description="generalized_jsd only")
     chunk_size: int = Field(512, gt=0, le=MAX_CONTEXT, description="student tokens per [chunk, vocab] block")
-    teacher_num_cpus: float = Field(0, ge=0, description="0: the pool shares the cores (phases run one at a time)")
-    teacher_num_gpus: float = Field(0, ge=0, description="Ray GPUs reserved for the teacher pool")
+    teacher_num_cpus: float = Field(0, ge=0, description="per teacher pool actor; 0: the pools share the cores (phases run one at a time)")
+    teacher_num_gpus: float = Field(0, ge=0, description="Ray GPUs reserved per teacher pool actor")
+    teacher_shards: int = Field(1, ge=1, le=MAX_COUNT, description="teacher pools the teachers are split over, each teacher whole on one (adapters over one base stay together)")
+    teacher_replicas: int = Field(1, ge=1, le=MAX_COUNT, description="copies of each teacher shard; a step's micro-batches alternate between them")
     checkpoint_every: int = Field(0, ge=0, le=MAX_STEPS, description="steps between checkpoints; 0: only the final one")
     log_samples: int = Field(4, ge=0, le=MAX_COUNT, description="completions saved to samples.jsonl per step")
 

@@ -8,11 +8,15 @@ or on any other number of ranks. Under LoRA only the trainable parameters (the a
 saved: the frozen base is the model directory the run started from.
 
 ``dcp_state_dict`` reads a sharded checkpoint's model weights back as one plain state dict
-(parameter names as the trainer's model has them), for an export to a plain HF directory.
+(parameter names as the trainer's model has them), for an export to a plain HF directory;
+``model.json`` (``write_model_record``) says what they are: the base model directory the run
+started from and, under LoRA, the adapter's peft config (``checkpoints.saved_checkpoint``
+reads a sharded checkpoint through both).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -20,11 +24,37 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 SHARDS = "dcp"
+MODEL_RECORD = "model.json"
 
 
 def is_sharded(checkpoint: str | Path) -> bool:
     """True for a checkpoint a trainer group wrote (``dcp/.metadata`` inside)."""
     return (Path(checkpoint) / SHARDS / ".metadata").exists()
+
+
+def adapter_record(model) -> dict | None:
+    """The peft LoRA config of ``model``'s default adapter as ``adapter_config.json`` holds it; None for a plain model."""
+    config = getattr(model, "peft_config", {}).get("default")
+    return None if config is None else json.loads(json.dumps(config.to_dict(), default=sorted))
+
+
+def write_model_record(checkpoint: str | Path, base: str, adapter: dict | None) -> None:
+    """``model.json``: the base model directory and, under LoRA, the adapter config (rank 0 writes it)."""
+    (Path(checkpoint) / MODEL_RECORD).write_text(json.dumps({"base": base, "adapter": adapter}, indent=2))
+
+
+def read_model_record(checkpoint: str | Path) -> dict:
+    path = Path(checkpoint) / MODEL_RECORD
+    if not path.exists():
+        raise FileNotFoundError(f"sharded checkpoint {str(checkpoint)!r} has no {MODEL_RECORD} (written by posttrain "
+                                "before 2026-11-30?): it cannot say which base model its weights belong to")
+    return json.loads(path.read_text())
+
+
+def adapter_tensors(state: dict[str, torch.Tensor], adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """A LoRA checkpoint's tensors as ``adapter_model.safetensors`` names them (peft drops the adapter name)."""
+    marker = f".{adapter_name}."
+    return {name.replace(marker, "."): tensor for name, tensor in state.items() if "lora_" in name}
 
 
 def _options(model) -> StateDictOptions:

@@ -13,7 +13,9 @@ block -- attention, MLP -- that holds one), because the engine fuses q/k/v and
 gate/up into one layer and loads a layer only when all of it arrives.
 
 The bucket stream is the interface: a multi-rank trainer (issue 15) yields the
-same ``(name, tensor)`` buckets from its gathered shards.
+same ``(name, tensor)`` buckets from its gathered shards. When the engine is on another
+node there is no shared file: ``cast_buckets`` yields each bucket's tensors, and each
+bucket travels as its own Ray object (the object store moves it between nodes).
 """
 
 from __future__ import annotations
@@ -118,6 +120,15 @@ def layer_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int) 
         layer = this_layer
     if bucket:
         yield bucket
+
+
+def cast_buckets(named: Iterable[tuple[str, torch.Tensor]], dtype: str, bucket_bytes: int,
+                 ) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Buckets of about ``bucket_bytes`` in ``dtype`` (whole layers), each tensor cast on its own: what travels
+    as one Ray object per bucket when the engine is on another node (no shared file there)."""
+    target = getattr(torch, dtype)
+    for bucket in layer_buckets(((name, tensor.to(target)) for name, tensor in named), bucket_bytes):
+        yield [(name, tensor.contiguous()) for name, tensor in bucket]
 
 
 class WeightSender:
