@@ -82,7 +82,7 @@ class GrpoLoop:
         """``eval.every``: the eval of the weights after ``step`` updates opens step ``step``
         (the engine holds them; trackers see it at that step, as ``before`` at 0 and ``after`` at the end)."""
         extra = {}
-        if self.recipe.eval.every and step > 0 and step % self.recipe.eval.every == 0:
+        if eval_due(self.recipe, step):
             started = time.perf_counter()
             specialist_eval(self.recipe, self.actors, self.task, self.run, f"step_{step}", step)
             extra["time/eval"] = time.perf_counter() - started
@@ -215,6 +215,13 @@ def grpo_step(recipe: Recipe, actors: Actors, task: Task, run: RunDir, step: int
     if cfg.max_staleness:
         metrics |= {"async/staleness": float(taken.staleness), "async/rollout_seconds": sampled.seconds}
     return metrics | mode_metrics(sample_modes, completions, scores_B, penalties_B)
+
+
+def eval_due(recipe: Recipe, step: int) -> bool:
+    """``eval.every``: whether an eval of the weights after ``step`` updates opens step ``step`` (never at 0:
+    that is ``before``)."""
+    every = recipe.eval.every
+    return bool(every) and step > 0 and step % every == 0
 
 
 def zero_variance_share(rewards_P_G: torch.Tensor) -> float:

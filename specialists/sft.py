@@ -33,7 +33,7 @@ from posttrain.core.schema import Recipe
 from posttrain.core.tasks import Task, make_task
 from posttrain.core.timing import PhaseTimer
 
-from .loop import specialist_eval
+from .loop import eval_due, specialist_eval
 from .sft_data import SftData, as_sequences
 
 log = logging.getLogger("posttrain.sft")
@@ -122,8 +122,7 @@ class SftLoop:
         """One optimizer step; ``eval.every`` opens step ``step`` with the eval of the weights after ``step``
         updates (pushed to the engine first: SFT samples nothing, so the engine holds them only for evals)."""
         cfg, timer = self.recipe.sft, PhaseTimer()
-        every = self.recipe.eval.every
-        if every and step > 0 and step % every == 0:
+        if eval_due(self.recipe, step):
             with timer.phase("eval"):
                 self.actors.sync_weights(self.recipe.model.engine_dtype)
                 specialist_eval(self.recipe, self.actors, self.task, self.run, f"step_{step}", step)

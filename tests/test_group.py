@@ -118,8 +118,34 @@ def two_ranks(tiny_model_path, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def one_rank(tiny_model_path):
-    return _run_cases(lambda cfg_fn: PolicyTrainer(tiny_model_path, cfg_fn(1), seed=0, threads=1), "", save=False)
+def one_rank(tiny_model_path, tmp_path_factory):
+    checkpoint = str(tmp_path_factory.mktemp("one") / "step_1")
+    out = _run_cases(lambda cfg_fn: PolicyTrainer(tiny_model_path, cfg_fn(1), seed=0, threads=1), checkpoint, save=True)
+    return out | {"checkpoint": checkpoint}
+
+
+def _resume_whole_main(rank: int, world_size: int, port: int, model_path: str, checkpoint: str, result_path: str) -> None:
+    """1 -> 2: a group loads one rank's checkpoints (full weights, then a LoRA adapter) and takes the next step."""
+    from posttrain.core.group import ShardedTrainer
+
+    def make(cfg):
+        return ShardedTrainer(model_path, cfg, 0, 1, rank, f"tcp://127.0.0.1:{port}")
+
+    full = make(_cfg(world_size))
+    out = {"grpo_steps": full.load(checkpoint), "grpo_next": full.update(SEQS, _grpo_loss(), GRPO_EXTRAS)}
+    lora = make(_cfg(world_size, lora=LoraConfig(r=4, alpha=8), lr=1e-2))
+    out |= {"sft_steps": lora.load(checkpoint + "_lora"), "sft_next": lora.update(SEQS, SftLoss(TOKENS), {})}
+    if rank == 0:
+        torch.save(out, result_path)
+
+
+def test_a_one_rank_checkpoint_resumes_on_two_ranks_with_the_same_next_step(one_rank, tiny_model_path, tmp_path):
+    result = str(tmp_path / "resumed.pt")
+    mp.spawn(_resume_whole_main, args=(2, _free_port(), tiny_model_path, one_rank["checkpoint"], result), nprocs=2)
+    resumed = torch.load(result, weights_only=False)
+    assert resumed["grpo_steps"] == resumed["sft_steps"] == 1
+    _same_metrics(resumed["grpo_next"], one_rank["grpo_next"])  # AdamW's moments came along: same second step
+    _same_metrics(resumed["sft_next"], one_rank["sft_next"])
 
 
 def _same_metrics(sharded: dict, whole: dict) -> None:

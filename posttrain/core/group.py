@@ -43,7 +43,7 @@ from torch.distributed.fsdp import fully_shard
 from rollout.weight_buckets import SharedWeights
 
 from .policy import CompletionStates, PolicyTrainer, Sequences, length_sorted_chunks, merge_metrics, trainer_actor
-from .sharded_checkpoint import adapter_record, is_sharded, load_sharded, save_sharded, write_model_record
+from .sharded_checkpoint import adapter_record, is_sharded, load_sharded, load_whole, save_sharded, write_model_record
 from .sharded_weights import engine_names, sharded_engine_tensors
 from .weights import causal_lm, layer_buckets
 
@@ -277,8 +277,9 @@ class ShardedTrainer(PolicyTrainer):
 
     @collective
     def load(self, directory: str) -> int:
+        """A sharded checkpoint of any number of ranks, or a one-rank one (each rank keeping its shards)."""
         if not is_sharded(directory):
-            raise ValueError(f"{directory}: a trainer group (trainer.world_size > 1) resumes from sharded checkpoints only")
+            return self._restore_state(load_whole(self.model, self.optimizer, directory))
         load_sharded(self.model, self.optimizer, directory)
         return self._restore_state(torch.load(Path(directory) / "trainer_state.pt", weights_only=False))
 

@@ -4,7 +4,7 @@ A trainer group (``core/group.py``) saves ``step_N/dcp/`` (model and AdamW state
 parameter name, each rank writing the pieces it holds: no rank gathers the whole model) and
 ``step_N/trainer_state.pt`` (steps, RNG, the world size that wrote it). DCP reshards on load,
 so a checkpoint written by 2 ranks loads on 1 (a plain ``PolicyTrainer``, no process group)
-or on any other number of ranks. Under LoRA only the trainable parameters (the adapter) are
+or on any other number of ranks; a one-rank checkpoint loads on N ranks too (``load_whole``). Under LoRA only the trainable parameters (the adapter) are
 saved: the frozen base is the model directory the run started from.
 
 ``dcp_state_dict`` reads a sharded checkpoint's model weights back as one plain state dict
@@ -78,6 +78,42 @@ def load_sharded(model, optimizer, checkpoint: str | Path) -> None:
     state = {"model": model_state, "optimizer": optimizer_state}
     dcp.load(state, checkpoint_id=str(Path(checkpoint) / SHARDS))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=options)
+
+
+def load_whole(model, optimizer, checkpoint: str | Path) -> dict:
+    """A one-rank checkpoint (``PolicyTrainer.save``) into ``model``'s FSDP2 shards (1 -> N): every rank reads
+    the whole weights and AdamW state and keeps its shards. Returns the rest of ``trainer_state.pt``."""
+    path = Path(checkpoint)
+    saved = torch.load(path / "trainer_state.pt", weights_only=False)
+    lora = any(not param.requires_grad for param in model.parameters())
+    model_state = _whole_weights(path, lora)
+    if not lora and "lm_head.weight" not in model_state and "model.embed_tokens.weight" in model_state:
+        model_state["lm_head.weight"] = model_state["model.embed_tokens.weight"]  # tied: saved once
+    names = [name for name, param in model.named_parameters() if param.requires_grad]  # the optimizer's order
+    optimizer_state = saved.pop("optimizer")
+    by_name = {
+        "state": {names[index]: state for index, state in optimizer_state["state"].items()},
+        "param_groups": [{**group, "params": [names[i] for i in group["params"]]} for group in optimizer_state["param_groups"]],
+    }
+    options = StateDictOptions(full_state_dict=True, ignore_frozen_params=lora, strict=not lora)
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=by_name, options=options)
+    return saved
+
+
+def _whole_weights(path: Path, lora: bool) -> dict[str, torch.Tensor]:
+    """A one-rank checkpoint's weights under the trainer's parameter names (peft's carry the adapter name)."""
+    from safetensors.torch import load_file
+
+    if not lora:
+        return {name: tensor for shard in sorted(path.glob("*.safetensors")) for name, tensor in load_file(shard).items()}
+    state = load_file(path / "adapter_model.safetensors")
+    return {_with_adapter_name(name): tensor for name, tensor in state.items()}
+
+
+def _with_adapter_name(name: str, adapter_name: str = "default") -> str:
+    """``...q_proj.lora_A.weight`` (as peft saves it) -> ``...q_proj.lora_A.default.weight`` (the parameter)."""
+    head, _, leaf = name.rpartition(".")
+    return f"{head}.{adapter_name}.{leaf}" if head.rsplit(".", 1)[-1].startswith("lora_") else name
 
 
 def dcp_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
