@@ -9,14 +9,15 @@ four GPUs: ``teacher_shards: 4, teacher_num_gpus: 1`` (three models each).
 
 A step's sequences are cut into the trainer's own micro-batches (``length_sorted_chunks`` with
 the trainer's ``micro_batch_size``); each micro-batch is scored by the shards holding its teachers
-and its hidden states stay in Ray's object store, one object per (micro-batch, shard). The update
+(one replica of each, in turn) and its hidden states stay in Ray's object store, one object per
+(micro-batch, shard). A replica scores all its micro-batches of a step in one call, grouped by
+teacher (a full teacher offloaded between groups moves once a step), and streams them back. The update
 receives only ``RemoteRow`` handles (``posttrain/core/remote_rows.py``) and each trainer rank
-fetches a micro-batch's states when it runs it: no process holds a step's states whole.
+fetches a micro-batch's states when it runs it: neither the driver nor a trainer rank holds a
+step's states whole (a pool holds its own share until it has streamed it).
 """
 
 from __future__ import annotations
-
-import itertools
 
 import ray
 
@@ -40,7 +41,6 @@ class TeacherFleet:
                                 trust_remote_code, serves=part) for _ in range(cfg.teacher_replicas)]
             for part in self.shards
         ]
-        self._turns = [itertools.cycle(replicas) for replicas in self.pools]
 
     @property
     def actors(self) -> list:
@@ -54,17 +54,28 @@ class TeacherFleet:
         return TeacherHeads.of_owners([t.base or t.path for t in self.teachers], owner_heads)
 
     def score(self, seqs: Sequences, routing: list[list[tuple[int, float]]]) -> dict[str, list]:
-        """The distillation extras ``{"routes": [RemoteRow per sequence]}``: each of the trainer's micro-batches
-        sent to the shards holding its teachers (the next replica of each in turn), its states left in Ray's
-        object store. Returns at once; ``remote_rows.wait_for_rows`` waits for the scoring."""
+        """The distillation extras ``{"routes": [RemoteRow per sequence]}``.
+
+        The trainer's micro-batches go round-robin over each shard's replicas (a micro-batch only to the shards
+        holding its teachers); each replica scores all of its micro-batches in one call, grouped by teacher, and
+        streams the states back as one object per micro-batch, left in Ray's object store."""
+        chunks = list(length_sorted_chunks(seqs, self.micro_batch_size))
         parts: list[list[tuple[ray.ObjectRef, int]]] = [[] for _ in range(len(seqs))]
-        for chunk in length_sorted_chunks(seqs, self.micro_batch_size):
-            sub = seqs.select(chunk)
-            for shard, replicas in enumerate(self._turns):
+        streams = []
+        for shard, replicas in enumerate(self.pools):
+            work: list[list[tuple[list[int], list]]] = [[] for _ in replicas]
+            for chunk in chunks:
                 sub_routing = [[(k, w) for k, w in routing[row] if self.shard_of[k] == shard] for row in chunk]
-                if not any(sub_routing):
-                    continue
-                ref = next(replicas).score_rows.remote(sub, sub_routing)
+                if any(sub_routing):
+                    work[sum(map(len, work)) % len(replicas)].append((chunk, sub_routing))
+            for replica, items in zip(replicas, work):
+                if items:
+                    rows = [row for chunk, _ in items for row in chunk]
+                    stream = replica.score_chunks.options(num_returns="streaming").remote(
+                        seqs.select(rows), [routes for _, sub in items for routes in sub], [len(chunk) for chunk, _ in items])
+                    streams.append((stream, items))
+        for stream, items in streams:
+            for (chunk, sub_routing), ref in zip(items, stream):
                 for position, row in enumerate(chunk):
                     if sub_routing[position]:
                         parts[row].append((ref, position))

@@ -231,6 +231,16 @@ class TeacherPool:
                 hidden[(index, row)] = states
         return [[(k, w, hidden[(k, row)]) for k, w in routes] for row, routes in enumerate(routing)]
 
+    def score_chunks(self, seqs: Sequences, routing: list[list[tuple[int, float]]], sizes: list[int]):
+        """``score_rows`` of the whole call (each teacher activated once: a full teacher offloaded between groups
+        moves once, not once per micro-batch), then yielded as consecutive slices of ``sizes`` rows: as a Ray
+        streaming generator, one object per micro-batch (``fleet.TeacherFleet``)."""
+        scored = self.score_rows(seqs, routing)
+        start = 0
+        for size in sizes:
+            yield scored[start : start + size]
+            start += size
+
     def _hidden_states(self, model, seqs: Sequences) -> list[torch.Tensor]:
         decoder = causal_lm(model).get_decoder()
         pad_id = causal_lm(model).config.pad_token_id or 0

@@ -95,3 +95,22 @@ def test_a_sharded_replicated_fleet_scores_and_updates_as_one_pool(ray_local, te
     stop_trainer(group)
     for actor in fleet.actors:
         ray.kill(actor)
+
+
+def test_a_pool_scores_its_micro_batches_in_one_pass_per_teacher(teacher_dirs, monkeypatch):  # noqa: F811
+    """``score_chunks`` (what each fleet replica runs once a step): every teacher activated once however many
+    micro-batches it serves (a full teacher on a GPU moves once a step), the states sliced per micro-batch."""
+    teachers = [resolve_teacher(TeacherConfig(**spec)) for spec in teacher_dirs]
+    pool = TeacherPool(teachers, micro_batch_size=2, threads=1)
+    activated = []
+    activate = pool._activate
+    monkeypatch.setattr(pool, "_activate", lambda index: activated.append(index) or activate(index))
+    seqs = _random_seqs(7, seed=4)
+    routing = [[(row % 2, 1.0)] for row in range(len(seqs))]
+    slices = list(pool.score_chunks(seqs, routing, [3, 3, 1]))
+    assert sorted(activated) == [0, 1]
+    assert [len(part) for part in slices] == [3, 3, 1]
+    whole = pool.score_rows(seqs, routing)
+    for got, expected in zip([route for part in slices for route in part], whole):
+        assert [(k, w) for k, w, _ in got] == [(k, w) for k, w, _ in expected]
+        assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(got, expected))
