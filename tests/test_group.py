@@ -232,6 +232,19 @@ def test_a_sharded_checkpoint_exports_to_a_plain_hf_directory(two_ranks, tmp_pat
         torch.testing.assert_close(state[name], tensor, atol=0, rtol=0, msg=name)
 
 
+def test_the_engine_and_eval_get_a_sharded_checkpoint_as_a_model_directory(two_ranks):
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.core.checkpoints import engine_model_dir
+
+    sharded, checkpoint = two_ranks
+    with engine_model_dir(checkpoint) as model_dir:  # what `posttrain eval` and the student eval hand vLLM
+        state = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).state_dict()
+    for name, tensor in sharded["grpo_weights"].items():
+        torch.testing.assert_close(state[name], tensor, atol=0, rtol=0, msg=name)
+    assert not Path(model_dir).exists()  # a scratch copy, gone with the block
+
+
 def test_a_sharded_lora_checkpoint_exports_as_the_adapter_one_rank_resumes(two_ranks, tiny_model_path, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
