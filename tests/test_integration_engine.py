@@ -5,6 +5,7 @@ import ray
 import torch
 
 from posttrain.core.chat import prompt_ids
+from posttrain.core.group import stop_trainer
 from posttrain.core.policy import Sequences, trainer_actor
 from posttrain.core.schema import TrainerConfig
 from rollout.engine import EngineConfig, SamplingSpec, engine_actor
@@ -58,7 +59,7 @@ def test_weight_push_changes_output_and_pushing_back_restores_it(engine, prompts
     assert seconds < 30
     ray.get(engine.update_weights.remote(original_weights))
     assert _texts(engine, prompts) == original, "pushing the original weights back did not restore the output"
-    ray.kill(trainer)
+    stop_trainer(trainer)  # as the driver stops it: its shared weight file goes too
 
 
 def test_streamed_bucket_sync_equals_the_whole_push_and_lora_sends_only_what_changed(engine, prompts, smollm2_path):
@@ -82,7 +83,7 @@ def test_streamed_bucket_sync_equals_the_whole_push_and_lora_sends_only_what_cha
         Actors(engine, trainer, None, same_node=False).sync_weights("bfloat16")
         assert _texts(engine, prompts) == streamed, f"buckets as Ray objects and in shared memory differ (lora={lora})"
         ray.get(engine.update_weights.remote(_base(smollm2_path)))
-        ray.kill(trainer)
+        stop_trainer(trainer)  # as the driver stops it: its shared weight file goes too
 
 
 def _base(path):
@@ -101,7 +102,7 @@ def test_engine_logprobs_agree_with_trainer(engine, prompts, smollm2_path):
     engine_flat = torch.tensor([lp for c in result.completions for lp in c.logprobs])
     trainer_flat = torch.tensor([lp for row in trainer_logprobs for lp in row])
     assert (engine_flat - trainer_flat).abs().mean() < 0.1
-    ray.kill(trainer)
+    stop_trainer(trainer)  # as the driver stops it: its shared weight file goes too
 
 
 def test_submit_and_poll_return_each_prompt_when_it_is_done_and_a_bad_prompt_loses_nothing(engine, prompts):

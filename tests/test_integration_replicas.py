@@ -13,6 +13,7 @@ import pytest
 import ray
 
 from posttrain.core.chat import prompt_ids
+from posttrain.core.group import stop_trainer
 from rollout.engine import EngineClient, EngineConfig, SamplingSpec, engine_actor
 from rollout.engine_pool import EnginePool, engine_client
 from rollout.environments import Environment
@@ -163,4 +164,4 @@ def test_a_weight_sync_reaches_both_replicas_streamed_and_whole(engines, tokeniz
     assert after[0] == after[1] != before[0], "both replicas hold the pushed weights"
     ray.get(EnginePool(engines).update_weights.remote(base))  # the whole dict, as across nodes
     assert outputs() == before
-    ray.kill(trainer)
+    stop_trainer(trainer)  # as the driver stops it: its shared weight file goes too
