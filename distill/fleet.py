@@ -64,10 +64,12 @@ class TeacherFleet:
         streams = []
         for shard, replicas in enumerate(self.pools):
             work: list[list[tuple[list[int], list]]] = [[] for _ in replicas]
+            sent = 0  # this shard's micro-batches so far: the next goes to replica sent % R
             for chunk in chunks:
                 sub_routing = [[(k, w) for k, w in routing[row] if self.shard_of[k] == shard] for row in chunk]
                 if any(sub_routing):
-                    work[sum(map(len, work)) % len(replicas)].append((chunk, sub_routing))
+                    work[sent % len(replicas)].append((chunk, sub_routing))
+                    sent += 1
             for replica, items in zip(replicas, work):
                 if items:
                     rows = [row for chunk, _ in items for row in chunk]

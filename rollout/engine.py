@@ -30,7 +30,7 @@ import torch
 from .budget import engine_budget_params, prompt_thinking_offset, split_thinking
 from .priority import restore_priority
 from .seeds import cpu_scheduler_args, request_seed, sampling_seed  # noqa: F401 - the loops import sampling_seed from here
-from .weight_buckets import BucketRef
+from .weight_buckets import BucketRef, shm_dir
 from .worker_ext import quiet_requested_cast
 
 CPU_BLOCK_SIZE = 32  # the smallest the CPU attention backend takes (multiples of 32)
@@ -361,8 +361,7 @@ class RolloutEngine:
         from safetensors.torch import save_file
 
         # Multi-process engines: args cross a process boundary, so the tensors go through a file (in /dev/shm)
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        with tempfile.NamedTemporaryFile(suffix=".safetensors", dir=shm) as handle:
+        with tempfile.NamedTemporaryFile(suffix=".safetensors", dir=shm_dir()) as handle:
             save_file({name: tensor.contiguous() for name, tensor in named}, handle.name)
             self.llm.collective_rpc("load_pushed_weights_file", args=(handle.name, partial))
 
